@@ -1,0 +1,1 @@
+//! The coredump.io extension API server.

@@ -1,0 +1,1 @@
+//! Node handler: `capture` (run by the kernel) and `agent` (the DaemonSet).
