@@ -1,0 +1,38 @@
+# The two commands a newcomer needs: `make up` and `make test` (see README.md).
+SHELL := /bin/bash
+CARGO ?= cargo
+export PATH := $(PATH):/usr/local/go/bin:$(HOME)/.cargo/bin
+DEV := target/debug/coredump-dev
+
+.PHONY: up down test fmt-check lint unit-and-integration controlplane build bench demo openapi
+
+## Build the control plane (cached outside the repo) and the workspace's binaries.
+controlplane:
+	@bash integration/controlplane/build.sh >/dev/null
+
+build:
+	$(CARGO) build --workspace --bins
+
+## A local control plane with the add-on running in the background.
+up: controlplane build
+	$(DEV) up
+
+## Stop everything `make up` started.
+down:
+	@if [ -x $(DEV) ]; then $(DEV) down; else echo "nothing to stop"; fi
+
+## fmt check, clippy (warnings are errors), unit and integration tests.
+test: fmt-check lint controlplane build unit-and-integration
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-and-integration:
+	$(CARGO) test --workspace
+
+## Regenerate the checked-in OpenAPI documents from the types.
+openapi:
+	UPDATE_OPENAPI=1 $(CARGO) test -p coredump-openapi generated_documents

@@ -1,0 +1,307 @@
+//! etcd + kube-apiserver (+ kube-controller-manager) on loopback, configured for what the
+//! add-on relies on: RBAC, client-certificate and token users, service-account tokens
+//! (also bound to pods), and the aggregation layer with its front-proxy CA.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::kubectl::Kubectl;
+use crate::pki::{self, Ca, PairFiles, Usage};
+use crate::process::{free_port, wait_for, Lifetime, Proc};
+use crate::Error;
+
+/// Users the harness configures, with the token that authenticates each.
+pub const USERS: &[User] = &[
+    User {
+        name: "alice",
+        group: "team-a",
+        token: "alice-token-4b1f0c2e",
+    },
+    User {
+        name: "bob",
+        group: "team-b",
+        token: "bob-token-9d3e7a51",
+    },
+];
+
+#[derive(Clone, Copy, Debug)]
+pub struct User {
+    pub name: &'static str,
+    pub group: &'static str,
+    pub token: &'static str,
+}
+
+/// The service-account issuer; also the audience of tokens from `kubectl create token`.
+pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// kube-apiserver's `--request-timeout`.
+    pub request_timeout: Duration,
+    /// Also run kube-controller-manager (namespace deletion, default service accounts).
+    pub controller_manager: bool,
+    pub lifetime: Lifetime,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(60),
+            controller_manager: true,
+            lifetime: Lifetime::Scoped,
+        }
+    }
+}
+
+/// Paths of everything a client of the control plane needs.
+#[derive(Clone, Debug)]
+pub struct Endpoints {
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub server: String,
+    /// Admin kubeconfig (system:masters), with contexts `alice` and `bob` as well.
+    pub kubeconfig: PathBuf,
+    pub ca_cert: PathBuf,
+    pub front_proxy_ca: PathBuf,
+    /// A client certificate signed by the front-proxy CA with a name the aggregator does not
+    /// use: for tests that a server trusts only the allowed names.
+    pub front_proxy_other: PairFiles,
+    pub front_proxy_client: PairFiles,
+    pub sa_key: PathBuf,
+}
+
+pub struct ControlPlane {
+    pub endpoints: Endpoints,
+    procs: Vec<Proc>,
+}
+
+impl ControlPlane {
+    /// Starts a control plane in `dir` (created if missing) and waits until it is ready.
+    pub fn start(dir: &Path, bin_dir: &Path, opts: &Options) -> Result<Self, Error> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("mkdir {}", dir.display()), e))?;
+        let pki_dir = dir.join("pki");
+        std::fs::create_dir_all(&pki_dir).map_err(|e| Error::Io("mkdir pki".into(), e))?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let api_port = free_port()?;
+        let server = format!("https://127.0.0.1:{api_port}");
+
+        let ca = Ca::new("kubernetes-ca")?;
+        let ca_cert = ca.write_cert(&pki_dir.join("ca.crt"))?;
+        let serving = ca
+            .issue(
+                "kube-apiserver",
+                None,
+                &[
+                    "127.0.0.1",
+                    "localhost",
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                ],
+                Usage::Server,
+            )?
+            .write(&pki_dir, "apiserver")?;
+        let admin = ca
+            .issue("kubernetes-admin", Some("system:masters"), &[], Usage::Client)?
+            .write(&pki_dir, "admin")?;
+        let front_ca = Ca::new("front-proxy-ca")?;
+        let front_proxy_ca = front_ca.write_cert(&pki_dir.join("front-proxy-ca.crt"))?;
+        let front_proxy_client = front_ca
+            .issue("front-proxy-client", None, &[], Usage::Client)?
+            .write(&pki_dir, "front-proxy-client")?;
+        let front_proxy_other = front_ca
+            .issue("not-the-aggregator", None, &[], Usage::Client)?
+            .write(&pki_dir, "front-proxy-other")?;
+        let sa_key = pki_dir.join("sa.key");
+        let sa_pub = pki_dir.join("sa.pub");
+        let (private, public) = pki::key_pair_pem()?;
+        pki::write(&sa_key, &private)?;
+        pki::write(&sa_pub, &public)?;
+        let tokens = pki_dir.join("tokens.csv");
+        let token_lines: String = USERS
+            .iter()
+            .map(|u| format!("{},{},{}-uid,\"{}\"\n", u.token, u.name, u.name, u.group))
+            .collect();
+        pki::write(&tokens, &token_lines)?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        write_kubeconfig(&kubeconfig, &server, &ca_cert, &admin)?;
+
+        let mut procs = Vec::new();
+        let mut etcd = Command::new(bin_dir.join("etcd"));
+        etcd.args([
+            "--name=default".to_string(),
+            format!("--data-dir={}", dir.join("etcd").display()),
+            format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"),
+            format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"),
+            format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
+            format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
+            // A throw-away store: durability of etcd is not what the tests examine.
+            "--unsafe-no-fsync".to_string(),
+            "--log-level=warn".to_string(),
+        ]);
+        procs.push(Proc::spawn("etcd", etcd, dir, opts.lifetime)?);
+        wait_for("etcd to listen", Duration::from_secs(30), || {
+            check_alive(&mut procs)?;
+            Ok(std::net::TcpStream::connect(("127.0.0.1", etcd_port))
+                .ok()
+                .map(|_| ()))
+        })?;
+
+        let mut api = Command::new(bin_dir.join("kube-apiserver"));
+        api.args([
+            format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--secure-port={api_port}"),
+            format!("--tls-cert-file={}", serving.cert.display()),
+            format!("--tls-private-key-file={}", serving.key.display()),
+            format!("--client-ca-file={}", ca_cert.display()),
+            format!("--token-auth-file={}", tokens.display()),
+            "--authorization-mode=RBAC".to_string(),
+            format!("--service-account-issuer={SA_ISSUER}"),
+            format!("--service-account-key-file={}", sa_pub.display()),
+            format!("--service-account-signing-key-file={}", sa_key.display()),
+            "--service-cluster-ip-range=10.96.0.0/16".to_string(),
+            // The aggregation layer, as kubeadm configures it.
+            format!("--requestheader-client-ca-file={}", front_proxy_ca.display()),
+            "--requestheader-allowed-names=front-proxy-client".to_string(),
+            "--requestheader-username-headers=X-Remote-User".to_string(),
+            "--requestheader-uid-headers=X-Remote-Uid".to_string(),
+            "--requestheader-group-headers=X-Remote-Group".to_string(),
+            "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_string(),
+            format!("--proxy-client-cert-file={}", front_proxy_client.cert.display()),
+            format!("--proxy-client-key-file={}", front_proxy_client.key.display()),
+            // Loopback is not a valid Endpoints address; nothing here needs the endpoints.
+            "--endpoint-reconciler-type=none".to_string(),
+            format!("--request-timeout={}s", opts.request_timeout.as_secs()),
+            "--allow-privileged=true".to_string(),
+            "--profiling=false".to_string(),
+            "--v=1".to_string(),
+        ]);
+        procs.push(Proc::spawn("kube-apiserver", api, dir, opts.lifetime)?);
+
+        let endpoints = Endpoints {
+            dir: dir.to_path_buf(),
+            bin_dir: bin_dir.to_path_buf(),
+            server,
+            kubeconfig,
+            ca_cert,
+            front_proxy_ca,
+            front_proxy_other,
+            front_proxy_client,
+            sa_key,
+        };
+        let kubectl = Kubectl::new(&endpoints);
+        wait_for("kube-apiserver to be ready", Duration::from_secs(120), || {
+            check_alive(&mut procs)?;
+            Ok(kubectl
+                .run(&["get", "--raw=/readyz"])
+                .ok()
+                .filter(|o| o.status.success())
+                .map(|_| ()))
+        })?;
+
+        if opts.controller_manager {
+            let mut kcm = Command::new(bin_dir.join("kube-controller-manager"));
+            kcm.args([
+                format!("--kubeconfig={}", endpoints.kubeconfig.display()),
+                "--controllers=namespace,serviceaccount,garbagecollector,root-ca-cert-publisher"
+                    .to_string(),
+                format!("--root-ca-file={}", endpoints.ca_cert.display()),
+                format!("--service-account-private-key-file={}", endpoints.sa_key.display()),
+                "--leader-elect=false".to_string(),
+                "--secure-port=0".to_string(),
+                "--v=1".to_string(),
+            ]);
+            procs.push(Proc::spawn(
+                "kube-controller-manager",
+                kcm,
+                dir,
+                opts.lifetime,
+            )?);
+        }
+
+        Ok(Self { endpoints, procs })
+    }
+
+    pub fn kubectl(&self) -> Kubectl {
+        Kubectl::new(&self.endpoints)
+    }
+
+    /// Leaves the processes running (for `make up`); they are stopped by pid file.
+    pub fn detach(mut self) -> Endpoints {
+        for p in self.procs.drain(..) {
+            std::mem::forget(p);
+        }
+        self.endpoints.clone()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Stop in reverse start order: the API server before its store.
+        while let Some(mut p) = self.procs.pop() {
+            p.stop();
+        }
+    }
+}
+
+fn check_alive(procs: &mut [Proc]) -> Result<(), Error> {
+    for p in procs.iter_mut() {
+        if let Some(status) = p.exited() {
+            return Err(Error::Exited {
+                name: p.name.clone(),
+                status: status.to_string(),
+                log: p.log_tail(30),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Admin kubeconfig with a context per token user. JSON is valid kubeconfig YAML.
+fn write_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    admin: &PairFiles,
+) -> Result<(), Error> {
+    let mut users = vec![json!({
+        "name": "admin",
+        "user": {
+            "client-certificate": admin.cert,
+            "client-key": admin.key,
+        }
+    })];
+    let mut contexts = vec![json!({
+        "name": "admin",
+        "context": {"cluster": "local", "user": "admin"}
+    })];
+    for u in USERS {
+        users.push(json!({"name": u.name, "user": {"token": u.token}}));
+        contexts.push(json!({
+            "name": u.name,
+            "context": {"cluster": "local", "user": u.name}
+        }));
+    }
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": "local",
+            "cluster": {"server": server, "certificate-authority": ca}
+        }],
+        "users": users,
+        "contexts": contexts,
+        "current-context": "admin",
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(Error::Json)?;
+    pki::write(path, &text)
+}
