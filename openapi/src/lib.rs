@@ -1,6 +1,21 @@
-//! The `coredump.io` API: group/version constants, the `Coredump` and `CoredumpQuota`
-//! types, discovery documents and the OpenAPI documents served by the extension server.
+//! The `coredump.io/v1alpha1` API, as pure data: no I/O.
+//!
+//! - [`types`]: the `Coredump` and `CoredumpQuota` kinds, their names and labels, byte-quantity
+//!   and duration helpers, and the validation the server applies.
+//!
+//! Everything a client or server needs to agree on lives here, so that the node handler, the
+//! extension API server and the tests cannot drift apart.
 
+pub mod types;
+
+pub use types::{
+    Coredump, CoredumpPhase, CoredumpQuota, CoredumpQuotaSpec, CoredumpQuotaStatus, CoredumpSpec,
+    CoredumpStatus, FieldError, KindInfo, SubresourceInfo, COREDUMP, COREDUMP_QUOTA,
+};
+
+/// The API group.
 pub const GROUP: &str = "coredump.io";
+/// The only version of the group.
 pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` of every object of the group.
 pub const API_VERSION: &str = "coredump.io/v1alpha1";
