@@ -2,10 +2,13 @@
 //!
 //! - [`types`]: the `Coredump` and `CoredumpQuota` kinds, their names and labels, byte-quantity
 //!   and duration helpers, and the validation the server applies.
+//! - [`discovery`]: the discovery documents (`APIResourceList`, `APIGroup`, `APIGroupList`, and
+//!   aggregated discovery).
 //!
 //! Everything a client or server needs to agree on lives here, so that the node handler, the
 //! extension API server and the tests cannot drift apart.
 
+pub mod discovery;
 pub mod types;
 
 pub use types::{
