@@ -1,0 +1,321 @@
+//! The core_pattern strings: the one we install, recognising it, and running
+//! the one we replaced (expanding its %-specifiers like the kernel does).
+
+use std::path::Path;
+
+/// The kernel keeps 128 bytes including the terminating NUL and silently
+/// truncates longer writes, so a longer pattern must be refused up front.
+pub const MAX_PATTERN_LEN: usize = 127;
+
+/// First kernel release that passes a pidfd with `%F`.
+pub const PIDFD_SINCE: (u32, u32) = (6, 16);
+
+/// Spool used when `capture` gets no `-s`: leaving it out keeps the pattern
+/// short.
+pub const DEFAULT_SPOOL: &str = "/var/lib/coredump-detector/spool";
+
+/// Numeric specifiers in the order `capture` expects them after `--`,
+/// optionally followed by `%F`, then always `%E %e` last. `%e` (settable
+/// by the process) comes after `--` so it can never be taken for a flag.
+pub const NUMERIC_SPECIFIERS: [&str; 8] = ["%P", "%I", "%s", "%t", "%c", "%d", "%u", "%g"];
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PatternError {
+    #[error("core_pattern {pattern:?} is {len} characters; the kernel keeps at most {MAX_PATTERN_LEN}: use shorter handler or spool paths")]
+    TooLong { pattern: String, len: usize },
+    #[error("{what} {path:?} must be an absolute path without whitespace or %")]
+    BadPath { what: &'static str, path: String },
+}
+
+/// Parses `uname -r` (`6.18.44-foo`) into (major, minor).
+pub fn kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    let major = it.next()?.parse().ok()?;
+    let minor = it.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+pub fn kernel_supports_pidfd(release: &str) -> bool {
+    kernel_version(release).is_some_and(|v| v >= PIDFD_SINCE)
+}
+
+/// The running kernel's release.
+pub fn running_kernel_release() -> Option<String> {
+    nix::sys::utsname::uname()
+        .ok()
+        .map(|u| u.release().to_string_lossy().into_owned())
+}
+
+fn check_path(what: &'static str, p: &Path) -> Result<String, PatternError> {
+    let s = p.to_string_lossy().into_owned();
+    if !p.is_absolute() || s.chars().any(|c| c.is_whitespace() || c == '%') {
+        return Err(PatternError::BadPath { what, path: s });
+    }
+    Ok(s)
+}
+
+/// Builds `|<handler> capture [-s<spool>] -- %P %I %s %t %c %d %u %g [%F] %E %e`.
+pub fn build(handler: &Path, spool: &Path, pidfd: bool) -> Result<String, PatternError> {
+    let handler = check_path("handler", handler)?;
+    let spool = check_path("spool", spool)?;
+    let mut p = format!("|{handler} capture");
+    if spool != DEFAULT_SPOOL {
+        p.push_str(" -s");
+        p.push_str(&spool);
+    }
+    p.push_str(" --");
+    for s in NUMERIC_SPECIFIERS {
+        p.push(' ');
+        p.push_str(s);
+    }
+    if pidfd {
+        p.push_str(" %F");
+    }
+    p.push_str(" %E %e");
+    if p.len() > MAX_PATTERN_LEN {
+        return Err(PatternError::TooLong {
+            len: p.len(),
+            pattern: p,
+        });
+    }
+    Ok(p)
+}
+
+/// Whether a core_pattern runs our `capture` (any handler path or spool), so
+/// `install` never saves its own pattern as the "previous" one.
+pub fn is_ours(pattern: &str) -> bool {
+    let Some(cmd) = pattern.trim_end_matches('\n').strip_prefix('|') else {
+        return false;
+    };
+    let words: Vec<&str> = cmd.split(' ').filter(|w| !w.is_empty()).collect();
+    words.get(1) == Some(&"capture") && cmd.contains(" -- %P %I %s")
+}
+
+/// A core_pattern as the kernel reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pattern {
+    /// `|/path args`: argv templates, split on spaces before expansion as
+    /// the kernel does since Linux 5.3.
+    Pipe(Vec<String>),
+    /// A file name template (relative to the crasher's cwd if relative).
+    File(String),
+}
+
+impl Pattern {
+    pub fn parse(pattern: &str) -> Option<Self> {
+        let pattern = pattern.trim_end_matches('\n');
+        if let Some(cmd) = pattern.strip_prefix('|') {
+            let argv: Vec<String> = cmd
+                .split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_string)
+                .collect();
+            (!argv.is_empty()).then_some(Pattern::Pipe(argv))
+        } else if pattern.is_empty() {
+            None
+        } else {
+            Some(Pattern::File(pattern.to_string()))
+        }
+    }
+}
+
+/// Values for the specifiers of a previous handler. Supported: `%% %p %P %i
+/// %I %u %g %d %s %t %h %e %E %c %C %F`; `%p`, `%i`, `%h` and `%C` come from
+/// /proc (and may be empty when it could not be read). Unknown specifiers
+/// expand to nothing, as in the kernel.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SpecifierValues {
+    pub ns_pid: Option<i32>,
+    pub host_pid: i32,
+    pub ns_tid: Option<i32>,
+    pub host_tid: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub dumpable: u32,
+    pub signal: i32,
+    pub time: u64,
+    pub hostname: Option<String>,
+    pub comm: String,
+    /// Executable path with `/` (escaped to `!` on expansion).
+    pub exe: String,
+    pub rlimit_core: u64,
+    pub cpu: Option<u32>,
+    /// Fd number of the pidfd the previous handler will inherit.
+    pub pidfd: Option<i32>,
+}
+
+/// The kernel escapes `/` in `%e`, `%E` and `%h` so they stay one path
+/// component.
+fn escaped(s: &str) -> String {
+    s.replace('/', "!")
+}
+
+/// Expands one argv template.
+pub fn expand(template: &str, v: &SpecifierValues) -> String {
+    let opt = |x: Option<i32>| x.map(|x| x.to_string()).unwrap_or_default();
+    let mut out = String::new();
+    let mut chars = template.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('%') => out.push('%'),
+            Some('p') => out.push_str(&opt(v.ns_pid)),
+            Some('P') => out.push_str(&v.host_pid.to_string()),
+            Some('i') => out.push_str(&opt(v.ns_tid)),
+            Some('I') => out.push_str(&v.host_tid.to_string()),
+            Some('u') => out.push_str(&v.uid.to_string()),
+            Some('g') => out.push_str(&v.gid.to_string()),
+            Some('d') => out.push_str(&v.dumpable.to_string()),
+            Some('s') => out.push_str(&v.signal.to_string()),
+            Some('t') => out.push_str(&v.time.to_string()),
+            Some('h') => out.push_str(&escaped(v.hostname.as_deref().unwrap_or(""))),
+            Some('e') => out.push_str(&escaped(&v.comm)),
+            Some('E') => out.push_str(&escaped(&v.exe)),
+            Some('c') => out.push_str(&v.rlimit_core.to_string()),
+            Some('C') => out.push_str(&v.cpu.map(|c| c.to_string()).unwrap_or_default()),
+            Some('F') => out.push_str(&opt(v.pidfd)),
+            // Unknown specifier or a lone % at the end: nothing, like the
+            // kernel.
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Whether any template uses `%h` (costs a namespace switch to expand).
+pub fn needs_hostname(argv: &[String]) -> bool {
+    argv.iter().any(|a| a.contains("%h"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions() {
+        assert_eq!(kernel_version("6.18.44-fc-v782"), Some((6, 18)));
+        assert_eq!(kernel_version("5.15.0-101-generic"), Some((5, 15)));
+        assert!(kernel_supports_pidfd("6.16.0"));
+        assert!(kernel_supports_pidfd("7.0.1"));
+        assert!(!kernel_supports_pidfd("6.15.9"));
+        assert!(!kernel_supports_pidfd("garbage"));
+    }
+
+    #[test]
+    fn builds_and_measures_the_pattern() {
+        let p = build(
+            Path::new("/var/lib/coredump-detector/coredump-node-handler"),
+            Path::new(DEFAULT_SPOOL),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            "|/var/lib/coredump-detector/coredump-node-handler capture -- %P %I %s %t %c %d %u %g %F %E %e"
+        );
+        assert!(p.len() <= MAX_PATTERN_LEN);
+        assert!(is_ours(&p));
+
+        let p = build(Path::new("/h"), Path::new("/tmp/s"), false).unwrap();
+        assert_eq!(p, "|/h capture -s/tmp/s -- %P %I %s %t %c %d %u %g %E %e");
+
+        let long = format!("/{}", "x".repeat(100));
+        match build(Path::new(&long), Path::new("/tmp/spool"), true) {
+            Err(PatternError::TooLong { len, .. }) => assert!(len > MAX_PATTERN_LEN),
+            other => panic!("{other:?}"),
+        }
+        // Exactly at the limit is fine, one more is not.
+        let base = build(Path::new("/h"), Path::new("/s"), true).unwrap().len();
+        let pad = MAX_PATTERN_LEN - base;
+        let spool = format!("/s{}", "x".repeat(pad));
+        assert_eq!(
+            build(Path::new("/h"), Path::new(&spool), true)
+                .unwrap()
+                .len(),
+            127
+        );
+        let spool = format!("/s{}", "x".repeat(pad + 1));
+        assert!(build(Path::new("/h"), Path::new(&spool), true).is_err());
+
+        assert!(build(Path::new("relative"), Path::new("/s"), true).is_err());
+        assert!(build(Path::new("/a b"), Path::new("/s"), true).is_err());
+        assert!(build(Path::new("/h"), Path::new("/s%p"), true).is_err());
+    }
+
+    #[test]
+    fn recognises_our_pattern_only() {
+        assert!(!is_ours("core"));
+        assert!(!is_ours(
+            "|/usr/lib/systemd/systemd-coredump %P %u %g %s %t %c %h"
+        ));
+        assert!(is_ours(
+            "|/other/path/h capture -s/x -- %P %I %s %t %c %d %u %g %E %e\n"
+        ));
+    }
+
+    #[test]
+    fn parses_patterns() {
+        assert_eq!(Pattern::parse("core\n"), Some(Pattern::File("core".into())));
+        assert_eq!(Pattern::parse(""), None);
+        assert_eq!(
+            Pattern::parse("|/usr/share/apport/apport  -p%p -s%s -- %E\n"),
+            Some(Pattern::Pipe(vec![
+                "/usr/share/apport/apport".into(),
+                "-p%p".into(),
+                "-s%s".into(),
+                "--".into(),
+                "%E".into()
+            ]))
+        );
+    }
+
+    #[test]
+    fn expands_like_the_kernel() {
+        let v = SpecifierValues {
+            ns_pid: Some(7),
+            host_pid: 4242,
+            ns_tid: Some(8),
+            host_tid: 4243,
+            uid: 1000,
+            gid: 100,
+            dumpable: 1,
+            signal: 11,
+            time: 1_700_000_000,
+            hostname: Some("pod-a".into()),
+            comm: "my prog".into(),
+            exe: "/usr/bin/prog".into(),
+            rlimit_core: u64::MAX,
+            cpu: Some(1),
+            pidfd: Some(3),
+        };
+        let sd = "%P %u %g %s %t %c %h %d %F";
+        let got: Vec<String> = sd.split(' ').map(|t| expand(t, &v)).collect();
+        assert_eq!(
+            got,
+            [
+                "4242",
+                "1000",
+                "100",
+                "11",
+                "1700000000",
+                "18446744073709551615",
+                "pod-a",
+                "1",
+                "3"
+            ]
+        );
+        assert_eq!(expand("-p%p", &v), "-p7");
+        assert_eq!(expand("%i/%I", &v), "8/4243");
+        assert_eq!(expand("%E", &v), "!usr!bin!prog");
+        assert_eq!(expand("%e", &v), "my prog");
+        assert_eq!(expand("core.%e.%p.%C", &v), "core.my prog.7.1");
+        assert_eq!(expand("100%%", &v), "100%");
+        assert_eq!(expand("x%zy%", &v), "xy");
+        let none = SpecifierValues::default();
+        assert_eq!(expand("[%p][%h][%C][%F]", &none), "[][][][]");
+        assert!(needs_hostname(&["a".into(), "-h%h".into()]));
+    }
+}
