@@ -41,7 +41,9 @@ pub const SA_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 pub struct Options {
     /// kube-apiserver's `--request-timeout`.
     pub request_timeout: Duration,
-    /// Also run kube-controller-manager (namespace deletion, default service accounts).
+    /// Also run kube-controller-manager: namespace deletion, default service accounts, garbage
+    /// collection and the aggregation of ClusterRoles such as `view` (their rules are empty
+    /// without it).
     pub controller_manager: bool,
     pub lifetime: Lifetime,
 }
@@ -212,7 +214,7 @@ impl ControlPlane {
             let mut kcm = Command::new(bin_dir.join("kube-controller-manager"));
             kcm.args([
                 format!("--kubeconfig={}", endpoints.kubeconfig.display()),
-                "--controllers=namespace,serviceaccount,garbagecollector,root-ca-cert-publisher"
+                "--controllers=namespace,serviceaccount,garbagecollector,root-ca-cert-publisher,clusterrole-aggregation"
                     .to_string(),
                 format!("--root-ca-file={}", endpoints.ca_cert.display()),
                 format!("--service-account-private-key-file={}", endpoints.sa_key.display()),

@@ -30,13 +30,10 @@ fn rbac_forbids_alice_until_a_rolebinding_grants_her() {
         stderr.contains("Forbidden") && stderr.contains("User \"alice\""),
         "unexpected error: {stderr}"
     );
-    assert_eq!(
-        alice
-            .ok(&["auth", "can-i", "list", "configmaps", "-n", &ns])
-            .unwrap_or_else(|e| e.to_string())
-            .trim(),
-        "no"
-    );
+    // can-i prints its answer and exits non-zero for "no".
+    let can_i = alice.run(&["auth", "can-i", "list", "configmaps", "-n", &ns]).expect("run");
+    assert_eq!(String::from_utf8_lossy(&can_i.stdout).trim(), "no");
+    assert!(!can_i.status.success());
 
     // Granting her group (team-a), not her name, proves groups come from the token file.
     env()

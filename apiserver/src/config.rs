@@ -1,0 +1,42 @@
+//! Command-line flags, each with an environment-variable fallback.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+#[derive(Clone, Debug, clap::Parser)]
+#[command(name = "coredump-apiserver", version, about = "The coredump.io extension API server")]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, env = "COREDUMP_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: IpAddr,
+
+    /// HTTPS port.
+    #[arg(long, env = "COREDUMP_SECURE_PORT", default_value_t = 8443)]
+    pub secure_port: u16,
+
+    /// Serving certificate (PEM, leaf first); reloaded when it changes.
+    #[arg(long, env = "COREDUMP_TLS_CERT_FILE")]
+    pub tls_cert_file: PathBuf,
+
+    /// Serving key (PEM); reloaded when it changes.
+    #[arg(long, env = "COREDUMP_TLS_PRIVATE_KEY_FILE")]
+    pub tls_private_key_file: PathBuf,
+
+    /// Directory for the metadata store and the stored cores.
+    #[arg(long, env = "COREDUMP_DATA_DIR", default_value = "/var/lib/coredump-apiserver")]
+    pub data_dir: PathBuf,
+
+    /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "COREDUMP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

@@ -1,0 +1,282 @@
+//! The two kinds: how `Coredump` and `CoredumpQuota` decode, validate, select and print.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use coredump_openapi::types::{
+    validate_coredump, validate_coredump_quota, validate_coredump_update, QUOTA_COUNT, QUOTA_STORAGE,
+};
+use coredump_openapi::{
+    Coredump, CoredumpQuota, FieldError, KindInfo, COREDUMP,
+    COREDUMP_QUOTA,
+};
+
+use super::{str_at, Kind};
+
+/// Decodes `v` into `T` and back, collecting the paths of fields `T` does not have.
+fn decode_typed<T: DeserializeOwned + Serialize>(v: &Value) -> Result<(Value, Vec<String>), String> {
+    let mut unknown = Vec::new();
+    let typed: T = serde_ignored::deserialize(v, |path| {
+        let p = path.to_string();
+        // apiVersion and kind are checked by the registry, not fields of the type.
+        if p != "apiVersion" && p != "kind" {
+            unknown.push(p);
+        }
+    })
+    .map_err(|e| e.to_string())?;
+    let value = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    Ok((value, unknown))
+}
+
+fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, Vec<FieldError>> {
+    serde_json::from_value(v.clone()).map_err(|e| {
+        vec![FieldError {
+            field: "<object>".into(),
+            reason: FieldError::INVALID,
+            message: e.to_string(),
+        }]
+    })
+}
+
+fn column(name: &str, ty: &str, format: &str, description: &str, priority: u8) -> Value {
+    json!({"name": name, "type": ty, "format": format, "description": description, "priority": priority})
+}
+
+fn name_column() -> Value {
+    column(
+        "Name",
+        "string",
+        "name",
+        "Name must be unique within a namespace.",
+        0,
+    )
+}
+
+fn age_column() -> Value {
+    column(
+        "Age",
+        "string",
+        "",
+        "Time since the object was created (metadata.creationTimestamp).",
+        0,
+    )
+}
+
+fn age(obj: &Value) -> String {
+    let Some(created) = str_at(obj, "/metadata/creationTimestamp")
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    else {
+        return "<unknown>".into();
+    };
+    let secs = jiff::Timestamp::now().as_second() - created.as_second();
+    human_duration(secs)
+}
+
+/// Kubernetes' short age format (`5s`, `3m20s`, `4h`, `2d3h`, `1y`).
+pub fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    let s = secs.max(0);
+    let m = s / 60;
+    let h = m / 60;
+    let d = h / 24;
+    let y = d / 365;
+    if s < 120 {
+        format!("{s}s")
+    } else if m < 10 {
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
+    } else if m < 180 {
+        format!("{m}m")
+    } else if h < 8 {
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
+    } else if h < 48 {
+        format!("{h}h")
+    } else if h < 24 * 8 {
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
+    } else if d < 365 * 2 {
+        format!("{d}d")
+    } else if d < 365 * 8 {
+        if d % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", d % 365)
+        }
+    } else {
+        format!("{y}y")
+    }
+}
+
+pub struct CoredumpKind;
+
+impl Kind for CoredumpKind {
+    fn info(&self) -> &'static KindInfo {
+        &COREDUMP
+    }
+
+    fn decode(&self, v: &Value) -> Result<(Value, Vec<String>), String> {
+        decode_typed::<Coredump>(v)
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        typed::<Coredump>(obj).map_or_else(|e| e, |c| validate_coredump(&c))
+    }
+
+    fn validate_update(&self, old: &Value, new: &Value) -> Vec<FieldError> {
+        match (typed::<Coredump>(old), typed::<Coredump>(new)) {
+            (Ok(o), Ok(n)) => validate_coredump_update(&o, &n),
+            (Err(e), _) | (_, Err(e)) => e,
+        }
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        obj["status"] = json!({"phase": "Pending"});
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["spec.nodeName", "spec.podName", "spec.containerName", "status.phase"]
+    }
+
+    fn field(&self, obj: &Value, field: &str) -> Option<String> {
+        let ptr = match field {
+            "spec.nodeName" => "/spec/nodeName",
+            "spec.podName" => "/spec/podName",
+            "spec.containerName" => "/spec/containerName",
+            "status.phase" => "/status/phase",
+            _ => return None,
+        };
+        str_at(obj, ptr)
+    }
+
+    fn columns(&self) -> Value {
+        json!([
+            name_column(),
+            column("Pod", "string", "", "The pod whose container dumped core.", 0),
+            column("Container", "string", "", "The container that dumped core.", 0),
+            column("Signal", "string", "", "The signal that killed the process.", 0),
+            column("Size", "string", "", "Size of the core file.", 0),
+            column("Phase", "string", "", "Pending, Stored, Rejected or Failed.", 0),
+            age_column(),
+            column("Node", "string", "", "The node the crash happened on.", 1),
+            column("Executable", "string", "", "Path of the crashed executable inside the container.", 1),
+            column("Image", "string", "", "The container's image.", 1),
+        ])
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        let s = |p: &str| str_at(obj, p).unwrap_or_default();
+        let signal = str_at(obj, "/spec/signalName").unwrap_or_else(|| {
+            obj.pointer("/spec/signal").map(|v| v.to_string()).unwrap_or_default()
+        });
+        vec![
+            json!(s("/metadata/name")),
+            json!(s("/spec/podName")),
+            json!(s("/spec/containerName")),
+            json!(signal),
+            json!(s("/spec/size")),
+            json!(s("/status/phase")),
+            json!(age(obj)),
+            json!(s("/spec/nodeName")),
+            json!(s("/spec/executable")),
+            json!(s("/spec/image")),
+        ]
+    }
+}
+
+pub struct QuotaKind;
+
+impl Kind for QuotaKind {
+    fn info(&self) -> &'static KindInfo {
+        &COREDUMP_QUOTA
+    }
+
+    fn decode(&self, v: &Value) -> Result<(Value, Vec<String>), String> {
+        decode_typed::<CoredumpQuota>(v)
+    }
+
+    fn validate(&self, obj: &Value) -> Vec<FieldError> {
+        typed::<CoredumpQuota>(obj).map_or_else(|e| e, |q| validate_coredump_quota(&q))
+    }
+
+    fn validate_update(&self, _old: &Value, _new: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn prepare_create(&self, obj: &mut Value) {
+        let hard = obj.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+        obj["status"] = json!({"hard": hard, "used": {QUOTA_STORAGE: "0", QUOTA_COUNT: "0"}});
+    }
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn field(&self, _obj: &Value, _field: &str) -> Option<String> {
+        None
+    }
+
+    fn columns(&self) -> Value {
+        json!([
+            name_column(),
+            column("Storage", "string", "", "Bytes of stored cores: used/hard.", 0),
+            column("Count", "string", "", "Number of stored cores: used/hard.", 0),
+            age_column(),
+            column("Max Age", "string", "", "Stored cores older than this are deleted.", 1),
+            column("Evict Oldest", "string", "", "Whether the oldest cores make room for new ones.", 1),
+        ])
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        let used_hard = |key: &str| {
+            let used = str_at(obj, &format!("/status/used/{key}")).unwrap_or_else(|| "0".into());
+            let hard = str_at(obj, &format!("/spec/hard/{key}")).unwrap_or_else(|| "-".into());
+            format!("{used}/{hard}")
+        };
+        vec![
+            json!(str_at(obj, "/metadata/name").unwrap_or_default()),
+            json!(used_hard(QUOTA_STORAGE)),
+            json!(used_hard(QUOTA_COUNT)),
+            json!(age(obj)),
+            json!(str_at(obj, "/spec/maxAge").unwrap_or_else(|| "<none>".into())),
+            json!(obj.pointer("/spec/evictOldest").and_then(Value::as_bool).unwrap_or(false).to_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations_match_kubectl() {
+        for (s, want) in [(5, "5s"), (119, "119s"), (200, "3m20s"), (600, "10m"), (4 * 3600, "4h"), (3 * 86400 + 3600, "3d1h"), (400 * 86400, "400d")] {
+            assert_eq!(human_duration(s), want, "{s}");
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_reported_with_paths() {
+        let v = json!({
+            "apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+            "metadata": {"name": "q", "bogus": 1},
+            "spec": {"hard": {"storage": "1Mi"}, "extra": true}
+        });
+        let (decoded, unknown) = QuotaKind.decode(&v).expect("decode");
+        assert_eq!(unknown, ["metadata.bogus", "spec.extra"]);
+        assert!(decoded.pointer("/spec/extra").is_none());
+        assert_eq!(decoded["spec"]["hard"]["storage"], "1Mi");
+    }
+}

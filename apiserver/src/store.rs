@@ -1,0 +1,524 @@
+//! Metadata store on sled: objects, a revision log, and the resourceVersion counter, all
+//! changed together in one transaction per write.
+//!
+//! - `objects`: `<resource>\0<namespace>\0<name>` → object JSON. A namespace lists by prefix.
+//! - `log`: revision (big-endian u64) → [`LogRecord`]: the change and the object before it.
+//!   Watches replay it, and any list at an older revision is the current state with the
+//!   newer changes undone, which gives consistent `continue` pages and `resourceVersion=N`
+//!   lists for as long as the log reaches back (older: 410 Expired).
+//! - `meta`: `rv` (last revision) and `compacted` (revisions up to it are gone from the log).
+//!
+//! Writers are serialized by one lock (a write is a short in-memory transaction), so
+//! revisions are assigned and published in commit order; each write is flushed to disk
+//! before it is acknowledged.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::broadcast;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record at {key}: {source}")]
+    Corrupt {
+        key: String,
+        source: serde_json::Error,
+    },
+    #[error("revision {requested} is older than the oldest kept ({compacted})")]
+    Compacted { requested: u64, compacted: u64 },
+}
+
+/// Where an object lives.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Key {
+    pub resource: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl Key {
+    pub fn new(resource: &str, namespace: &str, name: &str) -> Self {
+        Self {
+            resource: resource.to_string(),
+            namespace: namespace.to_string(),
+            name: name.to_string(),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        format!("{}\0{}\0{}", self.resource, self.namespace, self.name).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let s = std::str::from_utf8(bytes).ok()?;
+        let mut parts = s.splitn(3, '\0');
+        Some(Self {
+            resource: parts.next()?.to_string(),
+            namespace: parts.next()?.to_string(),
+            name: parts.next()?.to_string(),
+        })
+    }
+}
+
+/// Which objects a read covers: one resource, optionally one namespace.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub resource: String,
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    fn prefix(&self) -> Vec<u8> {
+        match &self.namespace {
+            Some(ns) => format!("{}\0{}\0", self.resource, ns).into_bytes(),
+            None => format!("{}\0", self.resource).into_bytes(),
+        }
+    }
+
+    pub fn contains(&self, key: &Key) -> bool {
+        key.resource == self.resource
+            && self.namespace.as_deref().is_none_or(|ns| ns == key.namespace)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventType {
+    #[serde(rename = "ADDED")]
+    Added,
+    #[serde(rename = "MODIFIED")]
+    Modified,
+    #[serde(rename = "DELETED")]
+    Deleted,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::Added => "ADDED",
+            EventType::Modified => "MODIFIED",
+            EventType::Deleted => "DELETED",
+        }
+    }
+}
+
+/// One committed change.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub rv: u64,
+    pub kind: EventType,
+    pub key: Key,
+    /// The object after the change (for a deletion: as it was, with the deletion's rv).
+    pub object: Arc<Value>,
+    /// The object before the change (none for an addition).
+    pub prev: Option<Arc<Value>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct LogRecord {
+    t: EventType,
+    k: Key,
+    o: Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    p: Option<Value>,
+}
+
+/// A write inside [`Store::transact`].
+pub struct Tx<'a> {
+    store: &'a Store,
+    writes: BTreeMap<Key, Option<Value>>,
+}
+
+impl Tx<'_> {
+    /// The object as this transaction sees it (its own writes included).
+    pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+        match self.writes.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.store.get(key),
+        }
+    }
+
+    /// Every object in `scope` as this transaction sees it.
+    pub fn list(&self, scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
+        let mut map: BTreeMap<Key, Value> = self.store.list_current(scope)?.into_iter().collect();
+        for (k, v) in &self.writes {
+            if scope.contains(k) {
+                match v {
+                    Some(v) => {
+                        map.insert(k.clone(), v.clone());
+                    }
+                    None => {
+                        map.remove(k);
+                    }
+                }
+            }
+        }
+        Ok(map.into_iter().collect())
+    }
+
+    /// Stores `value`; its `metadata.resourceVersion` is set at commit.
+    pub fn put(&mut self, key: Key, value: Value) {
+        self.writes.insert(key, Some(value));
+    }
+
+    pub fn delete(&mut self, key: Key) {
+        self.writes.insert(key, None);
+    }
+
+    /// Drops every write made so far (dry run, or nothing to change).
+    pub fn discard(&mut self) {
+        self.writes.clear();
+    }
+}
+
+pub struct Store {
+    db: sled::Db,
+    objects: sled::Tree,
+    log: sled::Tree,
+    meta: sled::Tree,
+    write_lock: Mutex<()>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+const META_RV: &[u8] = b"rv";
+const META_COMPACTED: &[u8] = b"compacted";
+
+impl Store {
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = sled::Config::new()
+            .path(path)
+            .mode(sled::Mode::HighThroughput)
+            .open()?;
+        let (events, _) = broadcast::channel(4096);
+        Ok(Self {
+            objects: db.open_tree("objects")?,
+            log: db.open_tree("log")?,
+            meta: db.open_tree("meta")?,
+            db,
+            write_lock: Mutex::new(()),
+            events,
+        })
+    }
+
+    /// The newest revision.
+    pub fn current_rv(&self) -> Result<u64, StoreError> {
+        read_u64(&self.meta, META_RV)
+    }
+
+    /// Revisions at or below this are no longer in the log.
+    pub fn compacted_rv(&self) -> Result<u64, StoreError> {
+        read_u64(&self.meta, META_COMPACTED)
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.events.subscribe()
+    }
+
+    pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+        self.objects
+            .get(key.encode())?
+            .map(|v| decode(&v, key))
+            .transpose()
+    }
+
+    fn list_current(&self, scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.objects.scan_prefix(scope.prefix()) {
+            let (k, v) = item?;
+            if let Some(key) = Key::decode(&k) {
+                let value = decode(&v, &key)?;
+                out.push((key, value));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The objects in `scope` as they were at revision `rv` (`None`: now), and that
+    /// revision. Fails with [`StoreError::Compacted`] when the log no longer reaches `rv`.
+    pub fn list_at(
+        &self,
+        scope: &Scope,
+        rv: Option<u64>,
+    ) -> Result<(u64, BTreeMap<Key, Value>), StoreError> {
+        // Read the counter first: whatever the scan then sees beyond it is undone below,
+        // so the result is exactly the state at `target` without holding the write lock.
+        let now = self.current_rv()?;
+        let target = rv.unwrap_or(now).min(now);
+        let compacted = self.compacted_rv()?;
+        if target < compacted {
+            return Err(StoreError::Compacted {
+                requested: target,
+                compacted,
+            });
+        }
+        let mut map: BTreeMap<Key, Value> = self.list_current(scope)?.into_iter().collect();
+        let newer: Vec<Event> = self.events_after(target)?;
+        for ev in newer.into_iter().rev() {
+            if !scope.contains(&ev.key) {
+                continue;
+            }
+            match (&ev.kind, &ev.prev) {
+                (EventType::Added, _) | (_, None) => {
+                    map.remove(&ev.key);
+                }
+                (_, Some(prev)) => {
+                    map.insert(ev.key.clone(), (**prev).clone());
+                }
+            }
+        }
+        Ok((target, map))
+    }
+
+    /// Every logged change after revision `rv`, oldest first.
+    pub fn events_after(&self, rv: u64) -> Result<Vec<Event>, StoreError> {
+        let compacted = self.compacted_rv()?;
+        if rv < compacted {
+            return Err(StoreError::Compacted {
+                requested: rv,
+                compacted,
+            });
+        }
+        let mut out = Vec::new();
+        for item in self.log.range((rv + 1).to_be_bytes()..) {
+            let (k, v) = item?;
+            let rv = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
+            let rec: LogRecord = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                key: format!("log/{rv}"),
+                source,
+            })?;
+            out.push(Event {
+                rv,
+                kind: rec.t,
+                key: rec.k,
+                object: Arc::new(rec.o),
+                prev: rec.p.map(Arc::new),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` with exclusive write access and commits its writes atomically, each with
+    /// its own revision, then flushes them to disk. Returns `f`'s result and the events.
+    pub async fn transact<T, E>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, E>,
+    ) -> Result<(T, Vec<Arc<Event>>), E>
+    where
+        E: From<StoreError>,
+    {
+        let (value, events) = {
+            let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
+            let mut tx = Tx {
+                store: self,
+                writes: BTreeMap::new(),
+            };
+            let value = f(&mut tx)?;
+            let events = self.commit(tx.writes)?;
+            for ev in &events {
+                // No receivers is fine: nobody is watching.
+                let _ = self.events.send(Arc::clone(ev));
+            }
+            (value, events)
+        };
+        if !events.is_empty() {
+            self.db.flush_async().await.map_err(StoreError::from)?;
+        }
+        Ok((value, events))
+    }
+
+    fn commit(&self, writes: BTreeMap<Key, Option<Value>>) -> Result<Vec<Arc<Event>>, StoreError> {
+        let mut rv = self.current_rv()?;
+        let mut events = Vec::new();
+        for (key, new) in writes {
+            let prev = self.get(&key)?;
+            let kind = match (&prev, &new) {
+                (None, Some(_)) => EventType::Added,
+                (Some(_), Some(_)) => EventType::Modified,
+                (Some(_), None) => EventType::Deleted,
+                (None, None) => continue,
+            };
+            rv += 1;
+            let mut object = match (&new, &prev) {
+                (Some(v), _) => v.clone(),
+                (None, Some(p)) => p.clone(),
+                (None, None) => continue,
+            };
+            set_rv(&mut object, rv);
+            events.push(Arc::new(Event {
+                rv,
+                kind,
+                key,
+                object: Arc::new(object),
+                prev: prev.map(Arc::new),
+            }));
+        }
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<u8>)> = events
+            .iter()
+            .map(|ev| {
+                let rec = LogRecord {
+                    t: ev.kind,
+                    k: ev.key.clone(),
+                    o: (*ev.object).clone(),
+                    p: ev.prev.as_deref().cloned(),
+                };
+                let obj = (ev.kind != EventType::Deleted)
+                    .then(|| serde_json::to_vec(&*ev.object).unwrap_or_default());
+                (ev.key.encode(), obj, serde_json::to_vec(&rec).unwrap_or_default())
+            })
+            .collect();
+        let last = rv;
+        let result: Result<(), TransactionError<()>> =
+            (&self.objects, &self.log, &self.meta).transaction(|(objects, log, meta)| {
+                for (ev, (key, obj, rec)) in events.iter().zip(&encoded) {
+                    match obj {
+                        Some(bytes) => objects.insert(key.as_slice(), bytes.as_slice())?,
+                        None => objects.remove(key.as_slice())?,
+                    };
+                    log.insert(&ev.rv.to_be_bytes(), rec.as_slice())?;
+                }
+                meta.insert(META_RV, &last.to_be_bytes())?;
+                Ok::<(), ConflictableTransactionError<()>>(())
+            });
+        match result {
+            Ok(()) => Ok(events),
+            Err(TransactionError::Storage(e)) => Err(StoreError::Sled(e)),
+            Err(TransactionError::Abort(())) => Err(StoreError::Sled(sled::Error::Unsupported(
+                "transaction aborted".into(),
+            ))),
+        }
+    }
+
+    /// Drops the oldest log records so that at most `keep` remain.
+    pub fn compact(&self, keep: usize) -> Result<u64, StoreError> {
+        let len = self.log.len();
+        if len <= keep {
+            return self.compacted_rv();
+        }
+        let mut upto = self.compacted_rv()?;
+        let mut batch = sled::Batch::default();
+        for item in self.log.iter().take(len - keep) {
+            let (k, _) = item?;
+            upto = upto.max(u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8])));
+            batch.remove(k);
+        }
+        // Raise the floor before deleting, so no reader trusts a half-trimmed log.
+        self.meta.insert(META_COMPACTED, &upto.to_be_bytes())?;
+        self.log.apply_batch(batch)?;
+        self.db.flush()?;
+        Ok(upto)
+    }
+
+    /// Number of stored objects of `resource`.
+    pub fn count(&self, resource: &str) -> usize {
+        self.objects
+            .scan_prefix(format!("{resource}\0").as_bytes())
+            .count()
+    }
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<u64, StoreError> {
+    Ok(tree
+        .get(key)?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+fn decode(bytes: &[u8], key: &Key) -> Result<Value, StoreError> {
+    serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
+        key: format!("{}/{}/{}", key.resource, key.namespace, key.name),
+        source,
+    })
+}
+
+fn set_rv(obj: &mut Value, rv: u64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rv.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(name: &str, v: i64) -> Value {
+        json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"v": v}})
+    }
+
+    fn names(map: &BTreeMap<Key, Value>) -> Vec<(String, i64)> {
+        map.iter()
+            .map(|(k, v)| (k.name.clone(), v["spec"]["v"].as_i64().unwrap_or(-1)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn revisions_are_monotonic_and_lists_at_old_revisions_are_exact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        let scope = Scope {
+            resource: "things".into(),
+            namespace: Some("ns".into()),
+        };
+        let put = |name: &'static str, v: i64| {
+            move |tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                tx.put(Key::new("things", "ns", name), obj(name, v));
+                Ok(())
+            }
+        };
+        store.transact(put("a", 1)).await.expect("a1");
+        store.transact(put("b", 1)).await.expect("b1");
+        let rv2 = store.current_rv().expect("rv");
+        assert_eq!(rv2, 2);
+        store.transact(put("a", 2)).await.expect("a2");
+        store
+            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                tx.delete(Key::new("things", "ns", "b"));
+                tx.put(Key::new("things", "ns", "c"), obj("c", 1));
+                Ok(())
+            })
+            .await
+            .expect("delete b, add c");
+        assert_eq!(store.current_rv().expect("rv"), 5);
+
+        let (_, now) = store.list_at(&scope, None).expect("now");
+        assert_eq!(names(&now), [("a".into(), 2), ("c".into(), 1)]);
+        let (rv, then) = store.list_at(&scope, Some(rv2)).expect("then");
+        assert_eq!(rv, 2);
+        assert_eq!(names(&then), [("a".into(), 1), ("b".into(), 1)]);
+        assert_eq!(then[&Key::new("things", "ns", "a")]["metadata"]["resourceVersion"], "1");
+
+        let events = store.events_after(rv2).expect("events");
+        let kinds: Vec<_> = events.iter().map(|e| (e.rv, e.kind, e.key.name.as_str())).collect();
+        assert_eq!(
+            kinds,
+            [
+                (3, EventType::Modified, "a"),
+                (4, EventType::Deleted, "b"),
+                (5, EventType::Added, "c")
+            ]
+        );
+
+        store.compact(1).expect("compact");
+        assert_eq!(store.compacted_rv().expect("compacted"), 4);
+        assert!(matches!(
+            store.list_at(&scope, Some(rv2)),
+            Err(StoreError::Compacted { .. })
+        ));
+        drop(store);
+
+        // Reopened: revision counter and objects survive.
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.current_rv().expect("rv"), 5);
+        let (_, now) = store.list_at(&scope, None).expect("now");
+        assert_eq!(names(&now), [("a".into(), 2), ("c".into(), 1)]);
+    }
+}
