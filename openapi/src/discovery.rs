@@ -162,7 +162,7 @@ mod tests {
         );
         assert_eq!(
             coredumps.categories.as_deref(),
-            Some(&["coredump".to_owned()][..])
+            Some(&["cores".to_owned()][..])
         );
         assert_eq!(
             coredumps.verbs,

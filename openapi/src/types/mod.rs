@@ -102,9 +102,11 @@ const ALL_VERBS: &[&str] = &[
 /// Verbs of a `status` subresource.
 const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
 
-/// Core dumps are not workloads, so they stay out of `all`; `kubectl get coredump` lists both
-/// kinds.
-const CATEGORIES: &[&str] = &["coredump"];
+/// Core dumps are not workloads, so they stay out of `all`; `kubectl get cores` lists both
+/// kinds. A category must not equal any resource name or short name: kubectl expands
+/// categories first, so a category `coredump` would turn `kubectl delete coredump x` into a
+/// request for both kinds, which kubectl refuses ("you must specify only one resource").
+const CATEGORIES: &[&str] = &["cores"];
 
 /// The `Coredump` kind.
 pub const COREDUMP: KindInfo = KindInfo {
@@ -174,7 +176,7 @@ pub fn schema_name(kind: &str) -> String {
 /// process, and the size and checksum of the core file.
 ///
 /// The node handler creates a Coredump when the kernel hands it a core, then uploads the core
-/// file to the `upload` subresource; users fetch it from the `download` subresource. The spec
+/// file to the upload subresource; users fetch it from the download subresource. The spec
 /// never changes after creation; the server maintains the status.
 #[derive(Clone, Debug, PartialEq, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -375,7 +377,7 @@ pub struct CoredumpQuotaSpec {
     /// Hard limits by resource name. storage: total bytes of stored core files, after
     /// compression (e.g. 10Gi). count: number of stored core files. A resource left out is not
     /// limited.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub hard: BTreeMap<String, Quantity>,
 
     /// Stored cores older than this are deleted. A duration such as 720h, 90m or 1h30m (units
@@ -670,7 +672,18 @@ mod tests {
         assert_eq!(kind_by_plural("coredumps"), Some(&COREDUMP));
         assert_eq!(kind_by_plural("pods"), None);
         assert_eq!(schema_name("Coredump"), "io.coredump.v1alpha1.Coredump");
+        let names: Vec<&str> = KINDS
+            .iter()
+            .flat_map(|k| {
+                [k.plural, k.singular]
+                    .into_iter()
+                    .chain(k.short_names.iter().copied())
+            })
+            .collect();
         for k in KINDS {
+            for c in k.categories {
+                assert!(!names.contains(c), "category {c} shadows a resource name");
+            }
             assert!(k.verbs.windows(2).all(|w| w[0] < w[1]), "verbs sorted");
             for s in k.subresources {
                 assert!(!s.kind.is_empty());
