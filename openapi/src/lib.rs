@@ -4,11 +4,14 @@
 //!   and duration helpers, and the validation the server applies.
 //! - [`discovery`]: the discovery documents (`APIResourceList`, `APIGroup`, `APIGroupList`, and
 //!   aggregated discovery).
+//! - [`openapi`]: the OpenAPI v2 and v3 documents, generated from the types and checked in as
+//!   `openapi-v2.json` / `openapi-v3.json`.
 //!
 //! Everything a client or server needs to agree on lives here, so that the node handler, the
 //! extension API server and the tests cannot drift apart.
 
 pub mod discovery;
+pub mod openapi;
 pub mod types;
 
 pub use types::{
