@@ -84,6 +84,10 @@ impl ControlPlane {
     /// Starts a control plane in `dir` (created if missing) and waits until it is ready.
     pub fn start(dir: &Path, bin_dir: &Path, opts: &Options) -> Result<Self, Error> {
         std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("mkdir {}", dir.display()), e))?;
+        // kubectl resolves relative paths in a kubeconfig against the file's directory.
+        let dir = &dir
+            .canonicalize()
+            .map_err(|e| Error::Io(format!("resolve {}", dir.display()), e))?;
         let pki_dir = dir.join("pki");
         std::fs::create_dir_all(&pki_dir).map_err(|e| Error::Io("mkdir pki".into(), e))?;
 

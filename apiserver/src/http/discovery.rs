@@ -8,8 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 
-use coredump_openapi::discovery;
-mod openapi { pub const OPENAPI_V2_JSON: &str = "{}"; pub const OPENAPI_V3_JSON: &str = "{}"; pub fn openapi_v3_hash() -> String { String::new() } pub fn openapi_v3_discovery(_h: &str) -> serde_json::Value { serde_json::json!({}) } }
+use coredump_openapi::{discovery, openapi};
 
 use super::AppState;
 
