@@ -4,7 +4,11 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 #[derive(Clone, Debug, clap::Parser)]
-#[command(name = "coredump-apiserver", version, about = "The coredump.io extension API server")]
+#[command(
+    name = "coredump-apiserver",
+    version,
+    about = "The coredump.io extension API server"
+)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, env = "COREDUMP_BIND_ADDRESS", default_value = "0.0.0.0")]
@@ -23,7 +27,11 @@ pub struct Args {
     pub tls_private_key_file: PathBuf,
 
     /// Directory for the metadata store and the stored cores.
-    #[arg(long, env = "COREDUMP_DATA_DIR", default_value = "/var/lib/coredump-apiserver")]
+    #[arg(
+        long,
+        env = "COREDUMP_DATA_DIR",
+        default_value = "/var/lib/coredump-apiserver"
+    )]
     pub data_dir: PathBuf,
 
     /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.

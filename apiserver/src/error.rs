@@ -11,7 +11,7 @@ pub struct ApiError {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
-    pub details: Option<Details>,
+    pub details: Option<Box<Details>>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,7 +50,7 @@ impl ApiError {
     }
 
     fn about(mut self, t: Target<'_>) -> Self {
-        let d = self.details.get_or_insert_with(Details::default);
+        let d = self.details.get_or_insert_with(Box::default);
         d.group = Some(t.group.to_string());
         d.kind = Some(t.resource.to_string());
         if !t.name.is_empty() {
@@ -77,7 +77,11 @@ impl ApiError {
         .about(t)
     }
     pub fn path_not_found() -> Self {
-        Self::new(404, "NotFound", "the server could not find the requested resource")
+        Self::new(
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        )
     }
     pub fn already_exists(t: Target<'_>) -> Self {
         Self::new(
@@ -142,10 +146,10 @@ impl ApiError {
     }
     pub fn too_many_requests(message: impl Into<String>, retry_after: u32) -> Self {
         let mut e = Self::new(429, "TooManyRequests", message);
-        e.details = Some(Details {
+        e.details = Some(Box::new(Details {
             retry_after_seconds: Some(retry_after),
             ..Default::default()
-        });
+        }));
         e
     }
     pub fn internal(message: impl Into<String>) -> Self {
@@ -182,7 +186,9 @@ impl ApiError {
                     "causes".into(),
                     d.causes
                         .iter()
-                        .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                        .map(
+                            |c| json!({"reason": c.reason, "message": c.message, "field": c.field}),
+                        )
                         .collect(),
                 );
             }

@@ -47,10 +47,12 @@ pub async fn run(
     let tls = Arc::new(tls::server_config(cert, provider)?);
 
     let db_path = args.data_dir.join("db");
-    let store = Arc::new(store::Store::open(&db_path).map_err(|source| StartError::Store {
-        path: db_path.clone(),
-        source,
-    })?);
+    let store = Arc::new(
+        store::Store::open(&db_path).map_err(|source| StartError::Store {
+            path: db_path.clone(),
+            source,
+        })?,
+    );
     let kinds: Vec<Arc<dyn registry::Kind>> = vec![
         Arc::new(registry::kinds::CoredumpKind),
         Arc::new(registry::kinds::QuotaKind),

@@ -84,7 +84,10 @@ impl Scope {
 
     pub fn contains(&self, key: &Key) -> bool {
         key.resource == self.resource
-            && self.namespace.as_deref().is_none_or(|ns| ns == key.namespace)
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|ns| ns == key.namespace)
     }
 }
 
@@ -288,10 +291,11 @@ impl Store {
         for item in self.log.range((rv + 1).to_be_bytes()..) {
             let (k, v) = item?;
             let rv = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
-            let rec: LogRecord = serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
-                key: format!("log/{rv}"),
-                source,
-            })?;
+            let rec: LogRecord =
+                serde_json::from_slice(&v).map_err(|source| StoreError::Corrupt {
+                    key: format!("log/{rv}"),
+                    source,
+                })?;
             out.push(Event {
                 rv,
                 kind: rec.t,
@@ -361,7 +365,9 @@ impl Store {
         if events.is_empty() {
             return Ok(events);
         }
-        let encoded: Vec<(Vec<u8>, Option<Vec<u8>>, Vec<u8>)> = events
+        // (object key, object bytes or None for a deletion, log record bytes)
+        type Encoded = (Vec<u8>, Option<Vec<u8>>, Vec<u8>);
+        let encoded: Vec<Encoded> = events
             .iter()
             .map(|ev| {
                 let rec = LogRecord {
@@ -372,12 +378,16 @@ impl Store {
                 };
                 let obj = (ev.kind != EventType::Deleted)
                     .then(|| serde_json::to_vec(&*ev.object).unwrap_or_default());
-                (ev.key.encode(), obj, serde_json::to_vec(&rec).unwrap_or_default())
+                (
+                    ev.key.encode(),
+                    obj,
+                    serde_json::to_vec(&rec).unwrap_or_default(),
+                )
             })
             .collect();
         let last = rv;
-        let result: Result<(), TransactionError<()>> =
-            (&self.objects, &self.log, &self.meta).transaction(|(objects, log, meta)| {
+        let result: Result<(), TransactionError<()>> = (&self.objects, &self.log, &self.meta)
+            .transaction(|(objects, log, meta)| {
                 for (ev, (key, obj, rec)) in events.iter().zip(&encoded) {
                     match obj {
                         Some(bytes) => objects.insert(key.as_slice(), bytes.as_slice())?,
@@ -494,10 +504,16 @@ mod tests {
         let (rv, then) = store.list_at(&scope, Some(rv2)).expect("then");
         assert_eq!(rv, 2);
         assert_eq!(names(&then), [("a".into(), 1), ("b".into(), 1)]);
-        assert_eq!(then[&Key::new("things", "ns", "a")]["metadata"]["resourceVersion"], "1");
+        assert_eq!(
+            then[&Key::new("things", "ns", "a")]["metadata"]["resourceVersion"],
+            "1"
+        );
 
         let events = store.events_after(rv2).expect("events");
-        let kinds: Vec<_> = events.iter().map(|e| (e.rv, e.kind, e.key.name.as_str())).collect();
+        let kinds: Vec<_> = events
+            .iter()
+            .map(|e| (e.rv, e.kind, e.key.name.as_str()))
+            .collect();
         assert_eq!(
             kinds,
             [

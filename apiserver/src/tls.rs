@@ -26,7 +26,10 @@ pub enum TlsError {
     #[error("{0} holds no certificate")]
     NoCertificate(PathBuf),
     #[error("private key in {path}: {source}")]
-    Key { path: PathBuf, source: rustls::Error },
+    Key {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("tls config: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -58,11 +61,7 @@ impl ReloadingCert {
     /// Reloads if either file changed; a broken pair (e.g. mid-rotation) keeps the old one.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let stamp = modified(&self.cert_path, &self.key_path);
-        let unchanged = self
-            .current
-            .read()
-            .map(|c| c.1 == stamp)
-            .unwrap_or(false);
+        let unchanged = self.current.read().map(|c| c.1 == stamp).unwrap_or(false);
         if unchanged {
             return Ok(false);
         }
@@ -81,9 +80,13 @@ impl ReloadingCert {
             loop {
                 tick.tick().await;
                 match this.reload_if_changed() {
-                    Ok(true) => tracing::info!(cert = %this.cert_path.display(), "reloaded serving certificate"),
+                    Ok(true) => {
+                        tracing::info!(cert = %this.cert_path.display(), "reloaded serving certificate")
+                    }
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "serving certificate not reloaded; keeping the current one")
+                    }
                 }
             }
         });

@@ -38,7 +38,12 @@ pub fn controlplane_bin_dir() -> Result<PathBuf, Error> {
 /// else it is looked up beside the running test binary (`target/<profile>/`). `make test`
 /// builds the binaries before the tests run.
 pub fn workspace_bin(name: &str) -> Result<PathBuf, Error> {
-    let var = format!("COREDUMP_{}_BIN", name.trim_start_matches("coredump-").replace('-', "_").to_uppercase());
+    let var = format!(
+        "COREDUMP_{}_BIN",
+        name.trim_start_matches("coredump-")
+            .replace('-', "_")
+            .to_uppercase()
+    );
     if let Ok(path) = std::env::var(&var) {
         return Ok(PathBuf::from(path));
     }

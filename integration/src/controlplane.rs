@@ -83,7 +83,8 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts a control plane in `dir` (created if missing) and waits until it is ready.
     pub fn start(dir: &Path, bin_dir: &Path, opts: &Options) -> Result<Self, Error> {
-        std::fs::create_dir_all(dir).map_err(|e| Error::Io(format!("mkdir {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::Io(format!("mkdir {}", dir.display()), e))?;
         // kubectl resolves relative paths in a kubeconfig against the file's directory.
         let dir = &dir
             .canonicalize()
@@ -113,7 +114,12 @@ impl ControlPlane {
             )?
             .write(&pki_dir, "apiserver")?;
         let admin = ca
-            .issue("kubernetes-admin", Some("system:masters"), &[], Usage::Client)?
+            .issue(
+                "kubernetes-admin",
+                Some("system:masters"),
+                &[],
+                Usage::Client,
+            )?
             .write(&pki_dir, "admin")?;
         let front_ca = Ca::new("front-proxy-ca")?;
         let front_proxy_ca = front_ca.write_cert(&pki_dir.join("front-proxy-ca.crt"))?;
@@ -176,14 +182,23 @@ impl ControlPlane {
             format!("--service-account-signing-key-file={}", sa_key.display()),
             "--service-cluster-ip-range=10.96.0.0/16".to_string(),
             // The aggregation layer, as kubeadm configures it.
-            format!("--requestheader-client-ca-file={}", front_proxy_ca.display()),
+            format!(
+                "--requestheader-client-ca-file={}",
+                front_proxy_ca.display()
+            ),
             "--requestheader-allowed-names=front-proxy-client".to_string(),
             "--requestheader-username-headers=X-Remote-User".to_string(),
             "--requestheader-uid-headers=X-Remote-Uid".to_string(),
             "--requestheader-group-headers=X-Remote-Group".to_string(),
             "--requestheader-extra-headers-prefix=X-Remote-Extra-".to_string(),
-            format!("--proxy-client-cert-file={}", front_proxy_client.cert.display()),
-            format!("--proxy-client-key-file={}", front_proxy_client.key.display()),
+            format!(
+                "--proxy-client-cert-file={}",
+                front_proxy_client.cert.display()
+            ),
+            format!(
+                "--proxy-client-key-file={}",
+                front_proxy_client.key.display()
+            ),
             // Loopback is not a valid Endpoints address; nothing here needs the endpoints.
             "--endpoint-reconciler-type=none".to_string(),
             format!("--request-timeout={}s", opts.request_timeout.as_secs()),
@@ -205,14 +220,18 @@ impl ControlPlane {
             sa_key,
         };
         let kubectl = Kubectl::new(&endpoints);
-        wait_for("kube-apiserver to be ready", Duration::from_secs(120), || {
-            check_alive(&mut procs)?;
-            Ok(kubectl
-                .run(&["get", "--raw=/readyz"])
-                .ok()
-                .filter(|o| o.status.success())
-                .map(|_| ()))
-        })?;
+        wait_for(
+            "kube-apiserver to be ready",
+            Duration::from_secs(120),
+            || {
+                check_alive(&mut procs)?;
+                Ok(kubectl
+                    .run(&["get", "--raw=/readyz"])
+                    .ok()
+                    .filter(|o| o.status.success())
+                    .map(|_| ()))
+            },
+        )?;
 
         if opts.controller_manager {
             let mut kcm = Command::new(bin_dir.join("kube-controller-manager"));
@@ -273,12 +292,7 @@ fn check_alive(procs: &mut [Proc]) -> Result<(), Error> {
 }
 
 /// Admin kubeconfig with a context per token user. JSON is valid kubeconfig YAML.
-fn write_kubeconfig(
-    path: &Path,
-    server: &str,
-    ca: &Path,
-    admin: &PairFiles,
-) -> Result<(), Error> {
+fn write_kubeconfig(path: &Path, server: &str, ca: &Path, admin: &PairFiles) -> Result<(), Error> {
     let mut users = vec![json!({
         "name": "admin",
         "user": {

@@ -20,7 +20,10 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// A private control plane and extension server, ended when the value drops.
-    pub fn start(cp_opts: controlplane::Options, ext_opts: extension::Options) -> Result<Self, Error> {
+    pub fn start(
+        cp_opts: controlplane::Options,
+        ext_opts: extension::Options,
+    ) -> Result<Self, Error> {
         let dir = tempfile::Builder::new()
             .prefix("coredump-it-")
             .tempdir()

@@ -57,7 +57,12 @@ impl ExtensionServer {
         let ca_cert = ca.write_cert(&dir.join("serving-ca.crt"))?;
         let svc_name = format!("{SERVICE}.{NAMESPACE}.svc");
         let serving = ca
-            .issue(&svc_name, None, &[&svc_name, "127.0.0.1", "localhost"], Usage::Server)?
+            .issue(
+                &svc_name,
+                None,
+                &[&svc_name, "127.0.0.1", "localhost"],
+                Usage::Server,
+            )?
             .write(&dir, "serving")?;
         let mut server = Self {
             url: format!("https://127.0.0.1:{port}"),
@@ -86,19 +91,28 @@ impl ExtensionServer {
             format!("--kubeconfig={}", self.kubeconfig.display()),
         ]);
         cmd.args(&self.opts.args);
-        cmd.env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
         let mut proc = Proc::spawn("coredump-apiserver", cmd, &self.dir, self.opts.lifetime)?;
         let port = self.port;
-        wait_for("coredump-apiserver to listen", Duration::from_secs(30), || {
-            if let Some(status) = proc.exited() {
-                return Err(Error::Exited {
-                    name: proc.name.clone(),
-                    status: status.to_string(),
-                    log: proc.log_tail(30),
-                });
-            }
-            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ()))
-        })?;
+        wait_for(
+            "coredump-apiserver to listen",
+            Duration::from_secs(30),
+            || {
+                if let Some(status) = proc.exited() {
+                    return Err(Error::Exited {
+                        name: proc.name.clone(),
+                        status: status.to_string(),
+                        log: proc.log_tail(30),
+                    });
+                }
+                Ok(std::net::TcpStream::connect(("127.0.0.1", port))
+                    .ok()
+                    .map(|_| ()))
+            },
+        )?;
         self.proc = Some(proc);
         Ok(())
     }
@@ -135,16 +149,20 @@ impl ExtensionServer {
             ]
         });
         kubectl.apply(&manifest)?;
-        wait_for("APIService to be Available", Duration::from_secs(90), || {
-            let out = kubectl.run(&[
-                "get",
-                "apiservice",
-                APISERVICE,
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
-            ])?;
-            Ok((String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(()))
-        })
+        wait_for(
+            "APIService to be Available",
+            Duration::from_secs(90),
+            || {
+                let out = kubectl.run(&[
+                    "get",
+                    "apiservice",
+                    APISERVICE,
+                    "-o",
+                    "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+                ])?;
+                Ok((String::from_utf8_lossy(&out.stdout).trim() == "True").then_some(()))
+            },
+        )
     }
 
     /// SIGKILL, as a crash or an OOM kill would.

@@ -66,7 +66,8 @@ impl Ca {
         usage: Usage,
     ) -> Result<Pair, Error> {
         let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
+        let mut params =
+            CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())?;
         params.distinguished_name = dn(common_name, org);
         params.is_ca = IsCa::NoCa;
         params.key_usages = vec![

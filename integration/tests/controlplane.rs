@@ -23,15 +23,22 @@ fn rbac_forbids_alice_until_a_rolebinding_grants_her() {
     let ns = env().namespace("cp-rbac").expect("namespace");
     let alice = env().kubectl().context("alice");
 
-    let denied = alice.run(&["get", "configmaps", "-n", &ns]).expect("run kubectl");
-    assert!(!denied.status.success(), "alice must be forbidden before the binding");
+    let denied = alice
+        .run(&["get", "configmaps", "-n", &ns])
+        .expect("run kubectl");
+    assert!(
+        !denied.status.success(),
+        "alice must be forbidden before the binding"
+    );
     let stderr = String::from_utf8_lossy(&denied.stderr);
     assert!(
         stderr.contains("Forbidden") && stderr.contains("User \"alice\""),
         "unexpected error: {stderr}"
     );
     // can-i prints its answer and exits non-zero for "no".
-    let can_i = alice.run(&["auth", "can-i", "list", "configmaps", "-n", &ns]).expect("run");
+    let can_i = alice
+        .run(&["auth", "can-i", "list", "configmaps", "-n", &ns])
+        .expect("run");
     assert_eq!(String::from_utf8_lossy(&can_i.stdout).trim(), "no");
     assert!(!can_i.status.success());
 
@@ -39,21 +46,36 @@ fn rbac_forbids_alice_until_a_rolebinding_grants_her() {
     env()
         .kubectl()
         .ok(&[
-            "create", "rolebinding", "team-a-view", "--clusterrole=view", "--group=team-a", "-n", &ns,
+            "create",
+            "rolebinding",
+            "team-a-view",
+            "--clusterrole=view",
+            "--group=team-a",
+            "-n",
+            &ns,
         ])
         .expect("create rolebinding");
     let mut listed = None;
     for _ in 0..50 {
-        let out = alice.run(&["get", "configmaps", "-n", &ns, "-o", "name"]).expect("run");
+        let out = alice
+            .run(&["get", "configmaps", "-n", &ns, "-o", "name"])
+            .expect("run");
         if out.status.success() {
             listed = Some(String::from_utf8_lossy(&out.stdout).into_owned());
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    assert!(listed.is_some(), "alice still forbidden after the RoleBinding");
+    assert!(
+        listed.is_some(),
+        "alice still forbidden after the RoleBinding"
+    );
     // bob is in team-b: still forbidden.
-    let bob = env().kubectl().context("bob").run(&["get", "configmaps", "-n", &ns]).expect("run");
+    let bob = env()
+        .kubectl()
+        .context("bob")
+        .run(&["get", "configmaps", "-n", &ns])
+        .expect("run");
     assert!(!bob.status.success());
 }
 
@@ -61,7 +83,8 @@ fn rbac_forbids_alice_until_a_rolebinding_grants_her() {
 fn service_account_tokens_authenticate_and_bind_to_pods() {
     let ns = env().namespace("cp-sa").expect("namespace");
     let k = env().kubectl();
-    k.ok(&["create", "serviceaccount", "agent", "-n", &ns]).expect("create sa");
+    k.ok(&["create", "serviceaccount", "agent", "-n", &ns])
+        .expect("create sa");
     let node = format!("{ns}-node");
     k.apply(&json!({
         "apiVersion": "v1", "kind": "List", "items": [
@@ -73,12 +96,26 @@ fn service_account_tokens_authenticate_and_bind_to_pods() {
     }))
     .expect("create node and pod");
     let pod_uid = k
-        .ok(&["get", "pod", "agent", "-n", &ns, "-o", "jsonpath={.metadata.uid}"])
+        .ok(&[
+            "get",
+            "pod",
+            "agent",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
         .expect("pod uid");
 
     let token = k
         .ok(&[
-            "create", "token", "agent", "-n", &ns, "--bound-object-kind=Pod", "--bound-object-name=agent",
+            "create",
+            "token",
+            "agent",
+            "-n",
+            &ns,
+            "--bound-object-kind=Pod",
+            "--bound-object-name=agent",
         ])
         .expect("create token");
     let token = token.trim();
@@ -105,11 +142,20 @@ fn service_account_tokens_authenticate_and_bind_to_pods() {
     );
     let review: Value = serde_json::from_slice(&whoami.stdout).expect("whoami json");
     let user = &review["status"]["userInfo"];
-    assert_eq!(user["username"], format!("system:serviceaccount:{ns}:agent"));
+    assert_eq!(
+        user["username"],
+        format!("system:serviceaccount:{ns}:agent")
+    );
     let extra = &user["extra"];
     assert_eq!(extra["authentication.kubernetes.io/pod-name"][0], "agent");
-    assert_eq!(extra["authentication.kubernetes.io/pod-uid"][0], pod_uid.as_str());
-    assert_eq!(extra["authentication.kubernetes.io/node-name"][0], node.as_str());
+    assert_eq!(
+        extra["authentication.kubernetes.io/pod-uid"][0],
+        pod_uid.as_str()
+    );
+    assert_eq!(
+        extra["authentication.kubernetes.io/node-name"][0],
+        node.as_str()
+    );
 }
 
 #[test]
@@ -127,14 +173,25 @@ fn extension_server_is_reached_through_the_aggregator() {
     assert_eq!(available, "True");
 
     let resources = k
-        .ok(&["api-resources", "--api-group=coredump.io", "--no-headers", "-o", "name"])
+        .ok(&[
+            "api-resources",
+            "--api-group=coredump.io",
+            "--no-headers",
+            "-o",
+            "name",
+        ])
         .expect("api-resources");
     let mut names: Vec<&str> = resources.lines().collect();
     names.sort();
-    assert_eq!(names, ["coredumpquotas.coredump.io", "coredumps.coredump.io"]);
+    assert_eq!(
+        names,
+        ["coredumpquotas.coredump.io", "coredumps.coredump.io"]
+    );
 
     // The aggregator proxies to the extension server: its discovery document comes back.
-    let raw = k.ok(&["get", "--raw", "/apis/coredump.io/v1alpha1"]).expect("get --raw");
+    let raw = k
+        .ok(&["get", "--raw", "/apis/coredump.io/v1alpha1"])
+        .expect("get --raw");
     let list: Value = serde_json::from_str(&raw).expect("APIResourceList json");
     assert_eq!(list["kind"], "APIResourceList");
     assert_eq!(list["groupVersion"], "coredump.io/v1alpha1");

@@ -17,7 +17,10 @@ const AGGREGATED_V2: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIG
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/apis", get(apis))
-        .route("/apis/coredump.io", get(|| async { Json(discovery::api_group()) }))
+        .route(
+            "/apis/coredump.io",
+            get(|| async { Json(discovery::api_group()) }),
+        )
         .route(
             "/apis/coredump.io/v1alpha1",
             get(|| async { Json(discovery::api_resource_list()) }),
@@ -37,12 +40,16 @@ async fn apis(headers: HeaderMap) -> Response {
         .flat_map(|v| v.split(','))
         .any(|v| {
             let v = v.replace(' ', "");
-            v.contains("g=apidiscovery.k8s.io") && v.contains("v=v2") && v.contains("as=APIGroupDiscoveryList")
+            v.contains("g=apidiscovery.k8s.io")
+                && v.contains("v=v2")
+                && v.contains("as=APIGroupDiscoveryList")
         });
     if wants_aggregated {
         let mut resp = Json(discovery::aggregated_discovery()).into_response();
-        resp.headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(AGGREGATED_V2));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(AGGREGATED_V2),
+        );
         resp
     } else {
         Json(discovery::api_group_list()).into_response()
@@ -82,7 +89,10 @@ async fn openapi_v3(Query(q): Query<HashQuery>) -> Response {
 
 fn json_bytes(body: &'static str) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

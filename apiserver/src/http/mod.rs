@@ -42,7 +42,9 @@ pub fn router(state: AppState) -> Router {
 /// handler runs.
 async fn context(State(_state): State<AppState>, mut req: Request, next: Next) -> Response {
     let q = req.uri().query().unwrap_or_default().to_string();
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+    let params: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+        .into_owned()
+        .collect();
     let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
     let watch = matches!(get("watch"), Some("true" | "1"));
     let field_name = get("fieldSelector").and_then(|s| {

@@ -23,12 +23,19 @@ pub enum Output {
         include: IncludeObject,
     },
     /// PartialObjectMetadata for single objects and watch events, the List form for lists.
-    Metadata { version: &'static str },
+    Metadata {
+        version: &'static str,
+    },
 }
 
 /// What the response looks like for `is_list` (list or watch) given `Accept` and the
 /// `includeObject` query parameter. Nothing acceptable → 406.
-pub fn choose(headers: &HeaderMap, is_list: bool, is_watch: bool, include: Option<&str>) -> Result<Output, ApiError> {
+pub fn choose(
+    headers: &HeaderMap,
+    is_list: bool,
+    is_watch: bool,
+    include: Option<&str>,
+) -> Result<Output, ApiError> {
     let include = match include {
         None | Some("") | Some("Metadata") => IncludeObject::Metadata,
         Some("None") => IncludeObject::None,
@@ -78,8 +85,12 @@ pub fn choose(headers: &HeaderMap, is_list: bool, is_watch: bool, include: Optio
             None => return Ok(Output::Json),
             Some(_) if g.as_deref() != Some("meta.k8s.io") || version.is_empty() => continue,
             Some("Table") => return Ok(Output::Table { version, include }),
-            Some("PartialObjectMetadata") if !is_list || is_watch => return Ok(Output::Metadata { version }),
-            Some("PartialObjectMetadataList") if is_list => return Ok(Output::Metadata { version }),
+            Some("PartialObjectMetadata") if !is_list || is_watch => {
+                return Ok(Output::Metadata { version })
+            }
+            Some("PartialObjectMetadataList") if is_list => {
+                return Ok(Output::Metadata { version })
+            }
             _ => continue,
         }
     }
@@ -107,7 +118,13 @@ fn row(kind: &dyn Kind, obj: &Value, version: &str, include: IncludeObject) -> V
     r
 }
 
-fn table(kind: &dyn Kind, rows: Vec<Value>, list_meta: Value, version: &str, headers: bool) -> Value {
+fn table(
+    kind: &dyn Kind,
+    rows: Vec<Value>,
+    list_meta: Value,
+    version: &str,
+    headers: bool,
+) -> Value {
     let mut t = json!({
         "apiVersion": format!("meta.k8s.io/{version}"),
         "kind": "Table",
@@ -123,7 +140,10 @@ pub fn render_object(kind: &dyn Kind, out: Output, obj: Value) -> Value {
         Output::Json => obj,
         Output::Metadata { version } => partial(version, &obj),
         Output::Table { version, include } => {
-            let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
             let r = row(kind, &obj, version, include);
             table(kind, vec![r], json!({"resourceVersion": rv}), version, true)
         }
@@ -132,7 +152,10 @@ pub fn render_object(kind: &dyn Kind, out: Output, obj: Value) -> Value {
 
 pub fn render_list(kind: &dyn Kind, out: Output, list: ListResult) -> Value {
     let mut meta = Map::new();
-    meta.insert("resourceVersion".into(), json!(list.resource_version.to_string()));
+    meta.insert(
+        "resourceVersion".into(),
+        json!(list.resource_version.to_string()),
+    );
     if let Some(c) = &list.continue_token {
         meta.insert("continue".into(), json!(c));
     }
@@ -154,7 +177,11 @@ pub fn render_list(kind: &dyn Kind, out: Output, list: ListResult) -> Value {
             "items": list.items.iter().map(|o| partial(version, o)).collect::<Vec<_>>(),
         }),
         Output::Table { version, include } => {
-            let rows = list.items.iter().map(|o| row(kind, o, version, include)).collect();
+            let rows = list
+                .items
+                .iter()
+                .map(|o| row(kind, o, version, include))
+                .collect();
             table(kind, rows, meta, version, true)
         }
     }
@@ -169,8 +196,17 @@ pub fn render_event(kind: &dyn Kind, out: Output, item: &WatchItem, first: bool)
             Output::Json => object.clone(),
             Output::Metadata { version } => partial(version, object),
             Output::Table { version, include } => {
-                let rv = object.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
-                table(kind, vec![row(kind, object, version, include)], json!({"resourceVersion": rv}), version, first)
+                let rv = object
+                    .pointer("/metadata/resourceVersion")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                table(
+                    kind,
+                    vec![row(kind, object, version, include)],
+                    json!({"resourceVersion": rv}),
+                    version,
+                    first,
+                )
             }
         },
         WatchItem::Bookmark { object } => match out {
@@ -192,22 +228,51 @@ mod tests {
 
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(http::header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+        h.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_str(v).expect("header"),
+        );
         h
     }
 
     #[test]
     fn kubectl_and_client_go_accept_headers() {
         let kubectl = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
-        assert!(matches!(choose(&accept(kubectl), true, false, None), Ok(Output::Table { version: "v1", include: IncludeObject::Metadata })));
+        assert!(matches!(
+            choose(&accept(kubectl), true, false, None),
+            Ok(Output::Table {
+                version: "v1",
+                include: IncludeObject::Metadata
+            })
+        ));
         let metadata_client = "application/vnd.kubernetes.protobuf;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json";
-        assert_eq!(choose(&accept(metadata_client), true, false, None).ok(), Some(Output::Metadata { version: "v1" }));
-        assert_eq!(choose(&HeaderMap::new(), false, false, None).ok(), Some(Output::Json));
-        assert_eq!(choose(&accept("*/*"), false, false, None).ok(), Some(Output::Json));
-        let e = choose(&accept("application/vnd.kubernetes.protobuf"), false, false, None).expect_err("406");
+        assert_eq!(
+            choose(&accept(metadata_client), true, false, None).ok(),
+            Some(Output::Metadata { version: "v1" })
+        );
+        assert_eq!(
+            choose(&HeaderMap::new(), false, false, None).ok(),
+            Some(Output::Json)
+        );
+        assert_eq!(
+            choose(&accept("*/*"), false, false, None).ok(),
+            Some(Output::Json)
+        );
+        let e = choose(
+            &accept("application/vnd.kubernetes.protobuf"),
+            false,
+            false,
+            None,
+        )
+        .expect_err("406");
         assert_eq!(e.code, 406);
         let e = choose(&accept("application/yaml"), false, false, None).expect_err("406");
         assert_eq!(e.code, 406);
-        assert_eq!(choose(&accept("application/json"), true, false, Some("Bad")).expect_err("400").code, 400);
+        assert_eq!(
+            choose(&accept("application/json"), true, false, Some("Bad"))
+                .expect_err("400")
+                .code,
+            400
+        );
     }
 }

@@ -32,7 +32,10 @@ impl RequestInfo {
             name: None,
             path: path.to_string(),
         };
-        let Some(rest) = path.strip_prefix(API_PREFIX).and_then(|r| r.strip_prefix('/')) else {
+        let Some(rest) = path
+            .strip_prefix(API_PREFIX)
+            .and_then(|r| r.strip_prefix('/'))
+        else {
             return non_resource();
         };
         let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
@@ -56,10 +59,12 @@ impl RequestInfo {
             ("PATCH", _) => "patch",
             ("DELETE", true) => "deletecollection",
             ("DELETE", false) => "delete",
-            (other, _) => return Self {
-                verb: other.to_ascii_lowercase(),
-                ..non_resource()
-            },
+            (other, _) => {
+                return Self {
+                    verb: other.to_ascii_lowercase(),
+                    ..non_resource()
+                }
+            }
         };
         let name = name.or_else(|| {
             matches!(verb, "list" | "watch")
@@ -79,8 +84,10 @@ impl RequestInfo {
 
     /// Whether the request names one object in the URL (not via a field selector).
     pub fn names_object(&self) -> bool {
-        !matches!(self.verb.as_str(), "list" | "watch" | "create" | "deletecollection")
-            || (self.verb == "create" && self.subresource.is_some())
+        !matches!(
+            self.verb.as_str(),
+            "list" | "watch" | "create" | "deletecollection"
+        ) || (self.verb == "create" && self.subresource.is_some())
     }
 }
 
@@ -101,10 +108,18 @@ mod tests {
         assert_eq!(info(Method::DELETE, p, false).verb, "deletecollection");
         let one = info(Method::GET, &format!("{p}/a/download"), false);
         assert_eq!(
-            (one.verb.as_str(), one.namespace.as_deref(), one.name.as_deref(), one.subresource.as_deref()),
+            (
+                one.verb.as_str(),
+                one.namespace.as_deref(),
+                one.name.as_deref(),
+                one.subresource.as_deref()
+            ),
             ("get", Some("ns"), Some("a"), Some("download"))
         );
-        assert_eq!(info(Method::PUT, &format!("{p}/a/upload"), false).verb, "update");
+        assert_eq!(
+            info(Method::PUT, &format!("{p}/a/upload"), false).verb,
+            "update"
+        );
         assert_eq!(info(Method::PATCH, &format!("{p}/a"), false).verb, "patch");
         let all = info(Method::GET, "/apis/coredump.io/v1alpha1/coredumps", true);
         assert_eq!((all.verb.as_str(), all.namespace.clone()), ("watch", None));

@@ -17,7 +17,10 @@ use super::reqinfo::RequestInfo;
 use super::AppState;
 use crate::auth::UserInfo;
 use crate::error::ApiError;
-use crate::registry::{self, Ctx, FieldSelector, FieldValidation, Kind, LabelSelector, ListOptions, PatchType, Preconditions, Registry};
+use crate::registry::{
+    self, Ctx, FieldSelector, FieldValidation, Kind, LabelSelector, ListOptions, PatchType,
+    Preconditions, Registry, WriteOpts,
+};
 
 /// Largest JSON body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -47,14 +50,22 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
         .get::<RequestInfo>()
         .cloned()
         .ok_or_else(|| ApiError::internal("request info missing"))?;
-    let user = req.extensions().get::<UserInfo>().cloned().unwrap_or_default();
+    let user = req
+        .extensions()
+        .get::<UserInfo>()
+        .cloned()
+        .unwrap_or_default();
     let q = parse_query(req.uri().query());
     let registry = Arc::clone(&state.registry);
-    let kind = registry.kind(&info.resource).ok_or_else(ApiError::path_not_found)?;
+    let kind = registry
+        .kind(&info.resource)
+        .ok_or_else(ApiError::path_not_found)?;
     let Some(ns) = info.namespace.clone() else {
         // Only lists and watches span namespaces; a name needs its namespace.
         return match (info.verb.as_str(), &info.name) {
-            ("list" | "watch", _) if info.subresource.is_none() => list_or_watch(&state, &kind, None, &info, &q, req.headers()).await,
+            ("list" | "watch", _) if info.subresource.is_none() => {
+                list_or_watch(&state, &kind, None, &info, &q, req.headers()).await
+            }
             _ => Err(ApiError::path_not_found()),
         };
     };
@@ -68,12 +79,21 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
     let status_only = match info.subresource.as_deref() {
         None => false,
         Some("status") => true,
-        Some("download" | "upload") if kind.info().subresource(info.subresource.as_deref().unwrap_or_default()).is_some() => {
+        Some("download" | "upload")
+            if kind
+                .info()
+                .subresource(info.subresource.as_deref().unwrap_or_default())
+                .is_some() =>
+        {
             return super::transfer::handle(&state, &kind, &ns, &info, &q, req, &ctx).await;
         }
         Some(_) => return Err(ApiError::path_not_found()),
     };
     let name = info.name.clone();
+    let write = WriteOpts {
+        status_only,
+        validation,
+    };
     let resp = match (req.method().clone(), name) {
         (Method::GET, None) => {
             if status_only {
@@ -82,7 +102,12 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
             return list_or_watch(&state, &kind, Some(&ns), &info, &q, &headers).await;
         }
         (Method::GET, Some(name)) => {
-            let out = negotiate::choose(&headers, false, false, q.get("includeObject").map(String::as_str))?;
+            let out = negotiate::choose(
+                &headers,
+                false,
+                false,
+                q.get("includeObject").map(String::as_str),
+            )?;
             if flag(&q, "watch") {
                 return list_or_watch(&state, &kind, Some(&ns), &info, &q, &headers).await;
             }
@@ -91,17 +116,26 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
         }
         (Method::POST, None) => {
             if status_only {
-                return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
             }
             let out = negotiate::choose(&headers, false, false, None)?;
             let body = read_json(req, &["application/json"]).await?;
-            let obj = registry.create(&*kind, &ns, body, validation, &mut ctx).await?;
-            json_response(StatusCode::CREATED, &negotiate::render_object(&*kind, out, obj))
+            let obj = registry
+                .create(&*kind, &ns, body, validation, &mut ctx)
+                .await?;
+            json_response(
+                StatusCode::CREATED,
+                &negotiate::render_object(&*kind, out, obj),
+            )
         }
         (Method::PUT, Some(name)) => {
             let out = negotiate::choose(&headers, false, false, None)?;
             let body = read_json(req, &["application/json"]).await?;
-            let obj = registry.update(&*kind, &ns, &name, body, status_only, validation, &mut ctx).await?;
+            let obj = registry
+                .update(&*kind, &ns, &name, body, write, &mut ctx)
+                .await?;
             json_response(StatusCode::OK, &negotiate::render_object(&*kind, out, obj))
         }
         (Method::PATCH, Some(name)) => {
@@ -112,15 +146,24 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
                 "application/json-patch+json" => PatchType::Json,
                 other => return Err(ApiError::unsupported_media_type(other)),
             };
-            let body = read_json(req, &["application/merge-patch+json", "application/json-patch+json"]).await?;
+            let body = read_json(
+                req,
+                &[
+                    "application/merge-patch+json",
+                    "application/json-patch+json",
+                ],
+            )
+            .await?;
             let obj = registry
-                .patch(&*kind, &ns, &name, patch_type, body, status_only, validation, &mut ctx)
+                .patch(&*kind, &ns, &name, (patch_type, body), write, &mut ctx)
                 .await?;
             json_response(StatusCode::OK, &negotiate::render_object(&*kind, out, obj))
         }
         (Method::DELETE, Some(name)) => {
             if status_only {
-                return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
+                return Err(ApiError::method_not_allowed(
+                    "the server does not allow this method on the requested resource",
+                ));
             }
             let (pre, opts_dry) = delete_options(req).await?;
             ctx.dry_run |= opts_dry;
@@ -131,16 +174,23 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
             let opts = list_options(&kind, &q)?;
             let (pre, opts_dry) = delete_options(req).await?;
             ctx.dry_run |= opts_dry;
-            let deleted = registry.delete_collection(&*kind, Some(&ns), &opts, &pre, &ctx).await?;
+            let deleted = registry
+                .delete_collection(&*kind, Some(&ns), &opts, &pre, &ctx)
+                .await?;
             let list = registry::ListResult {
                 items: deleted,
                 resource_version: registry.store.current_rv()?,
                 continue_token: None,
                 remaining: None,
             };
-            json_response(StatusCode::OK, &negotiate::render_list(&*kind, Output::Json, list))
+            json_response(
+                StatusCode::OK,
+                &negotiate::render_list(&*kind, Output::Json, list),
+            )
         }
-        _ => Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource")),
+        _ => Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     }?;
     Ok(with_warnings(resp, &ctx.warnings))
 }
@@ -158,15 +208,29 @@ async fn list_or_watch(
     if watch && info.name.is_some() && opts.field.pinned_name().is_none() {
         // GET …/name?watch=true: a watch of that one object.
         if let Some(name) = &info.name {
-            opts.field = FieldSelector::parse(&format!("metadata.name={name}"), &["metadata.name"], kind.info().kind)?;
+            opts.field = FieldSelector::parse(
+                &format!("metadata.name={name}"),
+                &["metadata.name"],
+                kind.info().kind,
+            )?;
         }
     }
-    let out = negotiate::choose(headers, true, watch, q.get("includeObject").map(String::as_str))?;
+    let out = negotiate::choose(
+        headers,
+        true,
+        watch,
+        q.get("includeObject").map(String::as_str),
+    )?;
     if !watch {
         let list = state.registry.list(&**kind, ns, &opts).await?;
         return json_response(StatusCode::OK, &negotiate::render_list(&**kind, out, list));
     }
-    let rx = registry::watch::start(Arc::clone(&state.registry), Arc::clone(kind), ns.map(str::to_string), opts)?;
+    let rx = registry::watch::start(
+        Arc::clone(&state.registry),
+        Arc::clone(kind),
+        ns.map(str::to_string),
+        opts,
+    )?;
     let kind = Arc::clone(kind);
     let mut first = true;
     let stream = ReceiverStream::new(rx).map(move |item| {
@@ -177,26 +241,46 @@ async fn list_or_watch(
         Ok::<_, std::convert::Infallible>(Bytes::from(line))
     });
     let mut resp = Response::new(Body::from_stream(stream));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     // Proxies must not buffer the stream.
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-cache, private"),
+    );
     Ok(resp)
 }
 
 pub fn list_options(kind: &Arc<dyn Kind>, q: &Query) -> Result<ListOptions, ApiError> {
     let fields = Registry::supported_fields(&**kind);
     Ok(ListOptions {
-        label: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
-        field: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default(), &fields, kind.info().kind)?,
+        label: LabelSelector::parse(
+            q.get("labelSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        )?,
+        field: FieldSelector::parse(
+            q.get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+            &fields,
+            kind.info().kind,
+        )?,
         limit: match q.get("limit").filter(|s| !s.is_empty()) {
-            Some(l) => Some(l.parse().map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?),
+            Some(l) => Some(
+                l.parse()
+                    .map_err(|_| ApiError::bad_request(format!("invalid limit {l:?}")))?,
+            ),
             None => None,
         },
         continue_token: q.get("continue").filter(|s| !s.is_empty()).cloned(),
         resource_version: q.get("resourceVersion").cloned(),
-        resource_version_match: q.get("resourceVersionMatch").filter(|s| !s.is_empty()).cloned(),
+        resource_version_match: q
+            .get("resourceVersionMatch")
+            .filter(|s| !s.is_empty())
+            .cloned(),
         allow_bookmarks: flag(q, "allowWatchBookmarks"),
         timeout_seconds: q.get("timeoutSeconds").and_then(|s| s.parse().ok()),
         send_initial_events: q.get("sendInitialEvents").map(|s| s == "true" || s == "1"),
@@ -228,7 +312,13 @@ pub fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -239,19 +329,27 @@ async fn read_json(req: Request, allowed: &[&str]) -> Result<Value, ApiError> {
         return Err(ApiError::unsupported_media_type(&ct));
     }
     let bytes = read_body(req).await?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as JSON: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(format!(
+            "the body of the request could not be decoded as JSON: {e}"
+        ))
+    })
 }
 
 pub async fn read_body(req: Request) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(req.into_body(), MAX_BODY).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.downcast_ref::<http_body_util::LengthLimitError>().is_some());
-        if too_large {
-            ApiError::too_large(format!("the request body is larger than {MAX_BODY} bytes"))
-        } else {
-            ApiError::bad_request(format!("reading the request body: {e}"))
-        }
-    })
+    axum::body::to_bytes(req.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| {
+            let too_large = std::error::Error::source(&e).is_some_and(|s| {
+                s.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+            });
+            if too_large {
+                ApiError::too_large(format!("the request body is larger than {MAX_BODY} bytes"))
+            } else {
+                ApiError::bad_request(format!("reading the request body: {e}"))
+            }
+        })
 }
 
 /// `DeleteOptions` from the body, if any: preconditions and dryRun.
@@ -264,7 +362,9 @@ async fn delete_options(req: Request) -> Result<(Preconditions, bool), ApiError>
         .map_err(|e| ApiError::bad_request(format!("DeleteOptions could not be decoded: {e}")))?;
     if let Some(k) = v.get("kind").and_then(Value::as_str) {
         if k != "DeleteOptions" {
-            return Err(ApiError::bad_request(format!("expected DeleteOptions, got kind {k:?}")));
+            return Err(ApiError::bad_request(format!(
+                "expected DeleteOptions, got kind {k:?}"
+            )));
         }
     }
     let pre: Preconditions = v
@@ -278,16 +378,23 @@ async fn delete_options(req: Request) -> Result<(Preconditions, bool), ApiError>
         None => false,
         Some(a) if a.is_empty() => false,
         Some(a) if a.iter().all(|x| x == "All") => true,
-        Some(_) => return Err(ApiError::bad_request("dryRun: Unsupported value: supported values: \"All\"")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "dryRun: Unsupported value: supported values: \"All\"",
+            ))
+        }
     };
     Ok((pre, dry))
 }
 
 pub fn json_response(code: StatusCode, v: &Value) -> Result<Response, ApiError> {
-    let body = serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding response: {e}")))?;
+    let body =
+        serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding response: {e}")))?;
     let mut resp = (code, body).into_response();
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     Ok(resp)
 }
 

@@ -5,17 +5,17 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use coredump_openapi::types::{
-    validate_coredump, validate_coredump_quota, validate_coredump_update, QUOTA_COUNT, QUOTA_STORAGE,
+    validate_coredump, validate_coredump_quota, validate_coredump_update, QUOTA_COUNT,
+    QUOTA_STORAGE,
 };
-use coredump_openapi::{
-    Coredump, CoredumpQuota, FieldError, KindInfo, COREDUMP,
-    COREDUMP_QUOTA,
-};
+use coredump_openapi::{Coredump, CoredumpQuota, FieldError, KindInfo, COREDUMP, COREDUMP_QUOTA};
 
 use super::{str_at, Kind};
 
 /// Decodes `v` into `T` and back, collecting the paths of fields `T` does not have.
-fn decode_typed<T: DeserializeOwned + Serialize>(v: &Value) -> Result<(Value, Vec<String>), String> {
+fn decode_typed<T: DeserializeOwned + Serialize>(
+    v: &Value,
+) -> Result<(Value, Vec<String>), String> {
     let mut unknown = Vec::new();
     let typed: T = serde_ignored::deserialize(v, |path| {
         let p = path.to_string();
@@ -64,8 +64,8 @@ fn age_column() -> Value {
 }
 
 fn age(obj: &Value) -> String {
-    let Some(created) = str_at(obj, "/metadata/creationTimestamp")
-        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+    let Some(created) =
+        str_at(obj, "/metadata/creationTimestamp").and_then(|t| t.parse::<jiff::Timestamp>().ok())
     else {
         return "<unknown>".into();
     };
@@ -147,7 +147,12 @@ impl Kind for CoredumpKind {
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {
-        &["spec.nodeName", "spec.podName", "spec.containerName", "status.phase"]
+        &[
+            "spec.nodeName",
+            "spec.podName",
+            "spec.containerName",
+            "status.phase",
+        ]
     }
 
     fn field(&self, obj: &Value, field: &str) -> Option<String> {
@@ -164,14 +169,44 @@ impl Kind for CoredumpKind {
     fn columns(&self) -> Value {
         json!([
             name_column(),
-            column("Pod", "string", "", "The pod whose container dumped core.", 0),
-            column("Container", "string", "", "The container that dumped core.", 0),
-            column("Signal", "string", "", "The signal that killed the process.", 0),
+            column(
+                "Pod",
+                "string",
+                "",
+                "The pod whose container dumped core.",
+                0
+            ),
+            column(
+                "Container",
+                "string",
+                "",
+                "The container that dumped core.",
+                0
+            ),
+            column(
+                "Signal",
+                "string",
+                "",
+                "The signal that killed the process.",
+                0
+            ),
             column("Size", "string", "", "Size of the core file.", 0),
-            column("Phase", "string", "", "Pending, Stored, Rejected or Failed.", 0),
+            column(
+                "Phase",
+                "string",
+                "",
+                "Pending, Stored, Rejected or Failed.",
+                0
+            ),
             age_column(),
             column("Node", "string", "", "The node the crash happened on.", 1),
-            column("Executable", "string", "", "Path of the crashed executable inside the container.", 1),
+            column(
+                "Executable",
+                "string",
+                "",
+                "Path of the crashed executable inside the container.",
+                1
+            ),
             column("Image", "string", "", "The container's image.", 1),
         ])
     }
@@ -179,7 +214,9 @@ impl Kind for CoredumpKind {
     fn cells(&self, obj: &Value) -> Vec<Value> {
         let s = |p: &str| str_at(obj, p).unwrap_or_default();
         let signal = str_at(obj, "/spec/signalName").unwrap_or_else(|| {
-            obj.pointer("/spec/signal").map(|v| v.to_string()).unwrap_or_default()
+            obj.pointer("/spec/signal")
+                .map(|v| v.to_string())
+                .unwrap_or_default()
         });
         vec![
             json!(s("/metadata/name")),
@@ -216,7 +253,10 @@ impl Kind for QuotaKind {
     }
 
     fn prepare_create(&self, obj: &mut Value) {
-        let hard = obj.pointer("/spec/hard").cloned().unwrap_or_else(|| json!({}));
+        let hard = obj
+            .pointer("/spec/hard")
+            .cloned()
+            .unwrap_or_else(|| json!({}));
         obj["status"] = json!({"hard": hard, "used": {QUOTA_STORAGE: "0", QUOTA_COUNT: "0"}});
     }
 
@@ -231,11 +271,35 @@ impl Kind for QuotaKind {
     fn columns(&self) -> Value {
         json!([
             name_column(),
-            column("Storage", "string", "", "Bytes of stored cores: used/hard.", 0),
-            column("Count", "string", "", "Number of stored cores: used/hard.", 0),
+            column(
+                "Storage",
+                "string",
+                "",
+                "Bytes of stored cores: used/hard.",
+                0
+            ),
+            column(
+                "Count",
+                "string",
+                "",
+                "Number of stored cores: used/hard.",
+                0
+            ),
             age_column(),
-            column("Max Age", "string", "", "Stored cores older than this are deleted.", 1),
-            column("Evict Oldest", "string", "", "Whether the oldest cores make room for new ones.", 1),
+            column(
+                "Max Age",
+                "string",
+                "",
+                "Stored cores older than this are deleted.",
+                1
+            ),
+            column(
+                "Evict Oldest",
+                "string",
+                "",
+                "Whether the oldest cores make room for new ones.",
+                1
+            ),
         ])
     }
 
@@ -251,7 +315,11 @@ impl Kind for QuotaKind {
             json!(used_hard(QUOTA_COUNT)),
             json!(age(obj)),
             json!(str_at(obj, "/spec/maxAge").unwrap_or_else(|| "<none>".into())),
-            json!(obj.pointer("/spec/evictOldest").and_then(Value::as_bool).unwrap_or(false).to_string()),
+            json!(obj
+                .pointer("/spec/evictOldest")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string()),
         ]
     }
 }
@@ -262,7 +330,15 @@ mod tests {
 
     #[test]
     fn human_durations_match_kubectl() {
-        for (s, want) in [(5, "5s"), (119, "119s"), (200, "3m20s"), (600, "10m"), (4 * 3600, "4h"), (3 * 86400 + 3600, "3d1h"), (400 * 86400, "400d")] {
+        for (s, want) in [
+            (5, "5s"),
+            (119, "119s"),
+            (200, "3m20s"),
+            (600, "10m"),
+            (4 * 3600, "4h"),
+            (3 * 86400 + 3600, "3d1h"),
+            (400 * 86400, "400d"),
+        ] {
             assert_eq!(human_duration(s), want, "{s}");
         }
     }

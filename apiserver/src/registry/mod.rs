@@ -50,7 +50,13 @@ pub struct Ctx {
 /// Admission, run inside the write transaction so its reads and writes (e.g. quota
 /// usage) commit atomically with the object.
 pub trait Admission: Send + Sync {
-    fn create(&self, _tx: &mut Tx<'_>, _kind: &dyn Kind, _obj: &mut Value, _ctx: &Ctx) -> Result<(), ApiError> {
+    fn create(
+        &self,
+        _tx: &mut Tx<'_>,
+        _kind: &dyn Kind,
+        _obj: &mut Value,
+        _ctx: &Ctx,
+    ) -> Result<(), ApiError> {
         Ok(())
     }
     fn update(
@@ -63,7 +69,13 @@ pub trait Admission: Send + Sync {
     ) -> Result<(), ApiError> {
         Ok(())
     }
-    fn delete(&self, _tx: &mut Tx<'_>, _kind: &dyn Kind, _obj: &Value, _ctx: &Ctx) -> Result<(), ApiError> {
+    fn delete(
+        &self,
+        _tx: &mut Tx<'_>,
+        _kind: &dyn Kind,
+        _obj: &Value,
+        _ctx: &Ctx,
+    ) -> Result<(), ApiError> {
         Ok(())
     }
 }
@@ -77,6 +89,14 @@ pub enum FieldValidation {
     Ignore,
     Warn,
     Strict,
+}
+
+/// How an update or patch writes: to the object or its status, and how strictly it
+/// treats unknown fields.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteOpts {
+    pub status_only: bool,
+    pub validation: FieldValidation,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +143,11 @@ pub struct Registry {
 const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 impl Registry {
-    pub fn new(store: Arc<Store>, kinds: Vec<Arc<dyn Kind>>, admission: Arc<dyn Admission>) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        kinds: Vec<Arc<dyn Kind>>,
+        admission: Arc<dyn Admission>,
+    ) -> Self {
         Self {
             store,
             kinds,
@@ -132,7 +156,10 @@ impl Registry {
     }
 
     pub fn kind(&self, resource: &str) -> Option<Arc<dyn Kind>> {
-        self.kinds.iter().find(|k| k.info().plural == resource).cloned()
+        self.kinds
+            .iter()
+            .find(|k| k.info().plural == resource)
+            .cloned()
     }
 
     pub async fn get(&self, kind: &dyn Kind, ns: &str, name: &str) -> Result<Value, ApiError> {
@@ -162,7 +189,12 @@ impl Registry {
         opts.label.matches_object(obj) && opts.field.matches(|f| Self::field_of(kind, obj, f))
     }
 
-    pub async fn list(&self, kind: &dyn Kind, ns: Option<&str>, opts: &ListOptions) -> Result<ListResult, ApiError> {
+    pub async fn list(
+        &self,
+        kind: &dyn Kind,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> Result<ListResult, ApiError> {
         let scope = Scope {
             resource: kind.info().plural.to_string(),
             namespace: ns.map(str::to_string),
@@ -185,7 +217,11 @@ impl Registry {
         let mut remaining = 0u64;
         let filtered = objects
             .into_iter()
-            .filter(|(k, _)| start.as_ref().is_none_or(|s| k.namespace.clone() + "\0" + &k.name > *s))
+            .filter(|(k, _)| {
+                start
+                    .as_ref()
+                    .is_none_or(|s| k.namespace.clone() + "\0" + &k.name > *s)
+            })
             .filter(|(_, o)| Self::matches(kind, opts, o));
         for (k, o) in filtered {
             match opts.limit {
@@ -252,20 +288,36 @@ impl Registry {
             .get_mut("metadata")
             .and_then(Value::as_object_mut)
             .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-        let name = match meta.get("name").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+        let name = match meta
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+        {
             Some(n) => n.to_string(),
-            None => match meta.get("generateName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
+            None => match meta
+                .get("generateName")
+                .and_then(Value::as_str)
+                .filter(|n| !n.is_empty())
+            {
                 Some(prefix) => generate_name(prefix),
                 None => {
                     return Err(ApiError::invalid(
                         target(kind, ""),
                         kind.info().kind,
-                        vec![cause("FieldValueRequired", "metadata.name", "Required value: name or generateName is required")],
+                        vec![cause(
+                            "FieldValueRequired",
+                            "metadata.name",
+                            "Required value: name or generateName is required",
+                        )],
                     ))
                 }
             },
         };
-        if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|s| !s.is_empty()) {
+        if meta
+            .get("resourceVersion")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+        {
             return Err(ApiError::invalid(
                 target(kind, &name),
                 kind.info().kind,
@@ -281,7 +333,13 @@ impl Registry {
         meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
         meta.insert("generation".into(), json!(1));
-        for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "managedFields", "selfLink"] {
+        for server_owned in [
+            "resourceVersion",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "managedFields",
+            "selfLink",
+        ] {
             meta.remove(server_owned);
         }
         kind.prepare_create(&mut obj);
@@ -307,7 +365,11 @@ impl Registry {
             })
             .await?;
         let () = created;
-        let stored = if dry_run { Some(obj) } else { self.store.get(&key)? };
+        let stored = if dry_run {
+            Some(obj)
+        } else {
+            self.store.get(&key)?
+        };
         stored
             .map(|o| with_type_meta(kind, o))
             .ok_or_else(|| ApiError::internal("object vanished after create"))
@@ -320,12 +382,11 @@ impl Registry {
         ns: &str,
         name: &str,
         body: Value,
-        status_only: bool,
-        validation: FieldValidation,
+        w: WriteOpts,
         ctx: &mut Ctx,
     ) -> Result<Value, ApiError> {
-        let new = self.decode_body(kind, &body, ns, Some(name), validation, ctx)?;
-        self.write_existing(kind, ns, name, ctx, move |_current| Ok(new), status_only)
+        let new = self.decode_body(kind, &body, ns, Some(name), w.validation, ctx)?;
+        self.write_existing(kind, ns, name, ctx, move |_current| Ok(new), w.status_only)
             .await
     }
 
@@ -334,10 +395,8 @@ impl Registry {
         kind: &dyn Kind,
         ns: &str,
         name: &str,
-        patch_type: PatchType,
-        patch: Value,
-        status_only: bool,
-        validation: FieldValidation,
+        (patch_type, patch): (PatchType, Value),
+        w: WriteOpts,
         ctx: &mut Ctx,
     ) -> Result<Value, ApiError> {
         let mut decode_ctx = ctx.clone();
@@ -366,9 +425,9 @@ impl Registry {
                     }
                     // A resourceVersion the patch set is a precondition; write_existing checks
                     // it against the current object.
-                    self.decode_body(kind, &doc, ns, Some(name), validation, &mut decode_ctx)
+                    self.decode_body(kind, &doc, ns, Some(name), w.validation, &mut decode_ctx)
                 },
-                status_only,
+                w.status_only,
             )
             .await;
         ctx.warnings.extend(decode_ctx.warnings);
@@ -430,7 +489,11 @@ impl Registry {
                 Ok(new)
             })
             .await?;
-        let stored = if ctx.dry_run { None } else { self.store.get(&key)? };
+        let stored = if ctx.dry_run {
+            None
+        } else {
+            self.store.get(&key)?
+        };
         Ok(with_type_meta(kind, stored.unwrap_or(result)))
     }
 
@@ -524,7 +587,10 @@ impl Registry {
         let listed = self.list(kind, ns, &all).await?;
         let mut deleted = Vec::new();
         for obj in listed.items {
-            let (Some(obj_ns), Some(name)) = (str_at(&obj, "/metadata/namespace"), str_at(&obj, "/metadata/name")) else {
+            let (Some(obj_ns), Some(name)) = (
+                str_at(&obj, "/metadata/namespace"),
+                str_at(&obj, "/metadata/name"),
+            ) else {
                 continue;
             };
             match self.delete(kind, &obj_ns, &name, pre, ctx).await {
@@ -570,7 +636,11 @@ impl Registry {
                 )));
             }
         }
-        if let Some(body_ns) = body.pointer("/metadata/namespace").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+        if let Some(body_ns) = body
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+        {
             if body_ns != ns {
                 return Err(ApiError::bad_request(
                     "the namespace of the provided object does not match the namespace sent on the request",
@@ -578,7 +648,10 @@ impl Registry {
             }
         }
         if let Some(url_name) = url_name {
-            let body_name = body.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let body_name = body
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if body_name != url_name {
                 return Err(ApiError::bad_request(format!(
                     "the name of the object ({body_name}) does not match the name on the URL ({url_name})"
@@ -586,12 +659,18 @@ impl Registry {
             }
         }
         let (decoded, unknown) = kind.decode(body).map_err(|e| {
-            ApiError::bad_request(format!("{} in version \"v1alpha1\" cannot be handled as a {}: {e}", info.kind, info.kind))
+            ApiError::bad_request(format!(
+                "{} in version \"v1alpha1\" cannot be handled as a {}: {e}",
+                info.kind, info.kind
+            ))
         })?;
         if !unknown.is_empty() {
             match validation {
                 FieldValidation::Strict => {
-                    let list = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect::<Vec<_>>();
+                    let list = unknown
+                        .iter()
+                        .map(|f| format!("unknown field \"{f}\""))
+                        .collect::<Vec<_>>();
                     return Err(ApiError::bad_request(format!(
                         "strict decoding error: {}",
                         list.join(", ")
@@ -626,7 +705,10 @@ impl Registry {
     /// Every change after `rv`, for watch resumption.
     pub fn events_after(&self, rv: u64) -> Result<Vec<Event>, ApiError> {
         self.store.events_after(rv).map_err(|e| match e {
-            StoreError::Compacted { requested, compacted } => ApiError::expired(format!(
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
                 "too old resource version: {requested} ({compacted})"
             )),
             e => e.into(),
@@ -663,9 +745,21 @@ fn merge_update(kind: &dyn Kind, current: &Value, requested: Value, status_only:
         }
         n
     };
-    let cur_meta = current.get("metadata").cloned().unwrap_or_else(|| json!({}));
+    let cur_meta = current
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-        for owned in ["uid", "creationTimestamp", "namespace", "name", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion"] {
+        for owned in [
+            "uid",
+            "creationTimestamp",
+            "namespace",
+            "name",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "resourceVersion",
+        ] {
             match cur_meta.get(owned) {
                 Some(v) => {
                     meta.insert(owned.into(), v.clone());
@@ -679,7 +773,10 @@ fn merge_update(kind: &dyn Kind, current: &Value, requested: Value, status_only:
         meta.remove("selfLink");
     }
     if !status_only && new.get("spec") != current.get("spec") {
-        let generation = cur_meta.get("generation").and_then(Value::as_i64).unwrap_or(1);
+        let generation = cur_meta
+            .get("generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(1);
         new["metadata"]["generation"] = json!(generation + 1);
     }
     new
@@ -744,7 +841,9 @@ pub fn str_at(v: &Value, ptr: &str) -> Option<String> {
 }
 
 pub fn now_rfc3339() -> String {
-    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
 }
 
 fn generate_name(prefix: &str) -> String {
@@ -780,7 +879,8 @@ struct Continue {
 
 impl Continue {
     fn encode(&self) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+        base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(serde_json::to_vec(self).unwrap_or_default())
     }
 
     fn decode(token: &str) -> Result<Self, ApiError> {
@@ -788,16 +888,21 @@ impl Continue {
             .decode(token)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| ApiError::bad_request("continue key is not valid: the token is malformed"))
+            .ok_or_else(|| {
+                ApiError::bad_request("continue key is not valid: the token is malformed")
+            })
     }
 }
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Compacted { requested, compacted } => {
-                ApiError::expired(format!("too old resource version: {requested} ({compacted})"))
-            }
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
             e => {
                 tracing::error!(error = %e, "store error");
                 ApiError::internal(format!("storage error: {e}"))

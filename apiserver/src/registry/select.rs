@@ -31,7 +31,9 @@ pub struct LabelSelector(Vec<Requirement>);
 impl LabelSelector {
     pub fn parse(s: &str) -> Result<Self, ApiError> {
         let bad = |why: &str| {
-            ApiError::bad_request(format!("unable to parse requirement: {why} (in label selector {s:?})"))
+            ApiError::bad_request(format!(
+                "unable to parse requirement: {why} (in label selector {s:?})"
+            ))
         };
         let mut reqs = Vec::new();
         for term in split_top_level(s) {
@@ -74,12 +76,16 @@ impl LabelSelector {
             } else if let Some((k, v)) = term.split_once('>') {
                 Requirement {
                     key: k.trim().to_string(),
-                    op: Op::Gt(v.trim().parse().map_err(|_| bad("for 'gt', 'lt' operators, the value must be an integer"))?),
+                    op: Op::Gt(v.trim().parse().map_err(|_| {
+                        bad("for 'gt', 'lt' operators, the value must be an integer")
+                    })?),
                 }
             } else if let Some((k, v)) = term.split_once('<') {
                 Requirement {
                     key: k.trim().to_string(),
-                    op: Op::Lt(v.trim().parse().map_err(|_| bad("for 'gt', 'lt' operators, the value must be an integer"))?),
+                    op: Op::Lt(v.trim().parse().map_err(|_| {
+                        bad("for 'gt', 'lt' operators, the value must be an integer")
+                    })?),
                 }
             } else {
                 Requirement {
@@ -116,8 +122,12 @@ impl LabelSelector {
                 Op::NotIn(set) => v.is_none_or(|v| !set.contains(v)),
                 Op::Exists => v.is_some(),
                 Op::NotExists => v.is_none(),
-                Op::Gt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x > *n),
-                Op::Lt(n) => v.and_then(|v| v.parse::<i64>().ok()).is_some_and(|x| x < *n),
+                Op::Gt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|x| x > *n),
+                Op::Lt(n) => v
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .is_some_and(|x| x < *n),
             }
         })
     }
@@ -183,7 +193,9 @@ fn check_label_key(key: &str) -> Result<(), String> {
     };
     if let Some(p) = prefix {
         if p.is_empty() || p.len() > 253 || !p.split('.').all(is_dns_label) {
-            return Err(format!("invalid label key {key:?}: prefix part must be a DNS subdomain"));
+            return Err(format!(
+                "invalid label key {key:?}: prefix part must be a DNS subdomain"
+            ));
         }
     }
     if name.is_empty() || name.len() > 63 || !is_qualified_name_part(name) {
@@ -258,7 +270,9 @@ impl FieldSelector {
                         .collect::<Vec<_>>()
                         .join(", ")
                 ))
-                .with_reason_message_prefix(&format!("field label not supported: {field} for {kind}: ")));
+                .with_reason_message_prefix(&format!(
+                    "field label not supported: {field} for {kind}: "
+                )));
             }
             reqs.push((field.to_string(), eq, value.trim().to_string()));
         }
@@ -298,7 +312,10 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -320,11 +337,25 @@ mod tests {
             "example.com/other!=x",
         ];
         for s in yes {
-            assert!(LabelSelector::parse(s).expect(s).matches(&l), "{s} should match");
+            assert!(
+                LabelSelector::parse(s).expect(s).matches(&l),
+                "{s} should match"
+            );
         }
-        let no = ["app=db", "app in (db)", "app notin (web)", "!app", "missing", "n>5", "app=web,tier=back"];
+        let no = [
+            "app=db",
+            "app in (db)",
+            "app notin (web)",
+            "!app",
+            "missing",
+            "n>5",
+            "app=web,tier=back",
+        ];
         for s in no {
-            assert!(!LabelSelector::parse(s).expect(s).matches(&l), "{s} should not match");
+            assert!(
+                !LabelSelector::parse(s).expect(s).matches(&l),
+                "{s} should not match"
+            );
         }
         for bad in ["app in web", "-bad=x", "app=-x-", "n>x", "app in (a b)"] {
             let e = LabelSelector::parse(bad).expect_err(bad);
@@ -334,13 +365,26 @@ mod tests {
 
     #[test]
     fn field_selectors_reject_unknown_fields() {
-        let sel = FieldSelector::parse("metadata.name=a,status.phase!=Stored", &["metadata.name", "status.phase"], "Coredump")
-            .expect("parse");
+        let sel = FieldSelector::parse(
+            "metadata.name=a,status.phase!=Stored",
+            &["metadata.name", "status.phase"],
+            "Coredump",
+        )
+        .expect("parse");
         assert_eq!(sel.pinned_name(), Some("a"));
-        assert!(sel.matches(|f| Some(if f == "metadata.name" { "a" } else { "Pending" }.to_string())));
-        assert!(!sel.matches(|f| Some(if f == "metadata.name" { "a" } else { "Stored" }.to_string())));
-        let e = FieldSelector::parse("spec.foo=x", &["metadata.name"], "Coredump").expect_err("unknown");
+        assert!(
+            sel.matches(|f| Some(if f == "metadata.name" { "a" } else { "Pending" }.to_string()))
+        );
+        assert!(
+            !sel.matches(|f| Some(if f == "metadata.name" { "a" } else { "Stored" }.to_string()))
+        );
+        let e = FieldSelector::parse("spec.foo=x", &["metadata.name"], "Coredump")
+            .expect_err("unknown");
         assert_eq!(e.code, 400);
-        assert!(e.message.contains("field label not supported: spec.foo"), "{}", e.message);
+        assert!(
+            e.message.contains("field label not supported: spec.foo"),
+            "{}",
+            e.message
+        );
     }
 }

@@ -51,7 +51,14 @@ pub fn start(
             causes.push("sendInitialEvents requires setting allowWatchBookmarks to true");
         }
         if !causes.is_empty() {
-            return Err(ApiError::new(422, "Invalid", format!("ListOptions.meta.k8s.io \"\" is invalid: {}", causes.join(", "))));
+            return Err(ApiError::new(
+                422,
+                "Invalid",
+                format!(
+                    "ListOptions.meta.k8s.io \"\" is invalid: {}",
+                    causes.join(", ")
+                ),
+            ));
         }
     }
     let rx_events = registry.store.subscribe();
@@ -87,12 +94,24 @@ struct Watcher {
 struct Gone;
 
 impl Watcher {
-    async fn run(self, mut live: broadcast::Receiver<Arc<Event>>, initial_events: bool) -> Result<(), Gone> {
-        let rv_opt = self.opts.resource_version.as_deref().filter(|s| !s.is_empty() && *s != "0");
+    async fn run(
+        self,
+        mut live: broadcast::Receiver<Arc<Event>>,
+        initial_events: bool,
+    ) -> Result<(), Gone> {
+        let rv_opt = self
+            .opts
+            .resource_version
+            .as_deref()
+            .filter(|s| !s.is_empty() && *s != "0");
         let mut last = match (rv_opt, initial_events) {
             (Some(rv), false) => {
                 let Ok(rv) = rv.parse::<u64>() else {
-                    return self.send(WatchItem::Error(ApiError::bad_request(format!("invalid resource version {rv:?}")))).await;
+                    return self
+                        .send(WatchItem::Error(ApiError::bad_request(format!(
+                            "invalid resource version {rv:?}"
+                        ))))
+                        .await;
                 };
                 rv
             }

@@ -112,7 +112,9 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn has_pids(state: &Path) -> bool {
-    pid_files(state).iter().any(|f| read_pid(f).is_some_and(alive))
+    pid_files(state)
+        .iter()
+        .any(|f| read_pid(f).is_some_and(alive))
 }
 
 fn read_pid(f: &Path) -> Option<u32> {
@@ -126,10 +128,18 @@ fn alive(pid: u32) -> bool {
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = dir.join("state");
     // Dependents first: the add-on, then kube-apiserver, then etcd.
-    let order = ["coredump", "kube-controller-manager", "kube-apiserver", "etcd"];
+    let order = [
+        "coredump",
+        "kube-controller-manager",
+        "kube-apiserver",
+        "etcd",
+    ];
     let mut files = pid_files(&state);
     files.sort_by_key(|f| {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         order.iter().position(|o| name.starts_with(o)).unwrap_or(0)
     });
     for f in files {
