@@ -284,6 +284,7 @@ impl Ctx<'_> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             vm_hwm_bytes: procinfo::own_vm_hwm().unwrap_or(0),
             elapsed_millis: self.started.elapsed().as_millis() as u64,
+            read_millis: None,
         }
     }
 
@@ -472,8 +473,14 @@ impl Ctx<'_> {
         let streamed = stream_core(input, file, &limits);
         // The whole core is read (or we give up): let the crasher go on.
         release_stdin();
+        let read_millis = self.started.elapsed().as_millis() as u64;
         let streamed = match streamed {
-            Ok(s) => s,
+            Ok((s, file)) => match file.sync_all() {
+                Ok(()) => s,
+                Err(e) => {
+                    return self.dropped(DropReason::CaptureFailed, format!("fsync: {e}"), s.raw)
+                }
+            },
             Err(StreamError::Deadline { raw }) => {
                 return self.dropped(
                     DropReason::DeadlineExceeded,
@@ -505,7 +512,10 @@ impl Ctx<'_> {
             truncated,
             truncated_by: truncated.then(|| cap_by.as_str().to_string()),
             compression: "zstd".into(),
-            handler: self.stats(),
+            handler: HandlerStats {
+                read_millis: Some(read_millis),
+                ..self.stats()
+            },
         };
         match pending.commit(&mut entry) {
             Ok(id) => {
@@ -672,14 +682,16 @@ impl Write for Counting {
     }
 }
 
-/// Streams `input` into `out` compressed, hashing the raw bytes; fsyncs.
+/// Streams `input` into `out` compressed, hashing the raw bytes, and gives
+/// the file back unsynced: the caller first releases the crasher, then
+/// fsyncs (at disk speed, often the slowest step).
 /// Reads never wait past the deadline when `input` is non-blocking (a
 /// blocking input is bounded by the caller's SIGALRM).
 pub fn stream_core<R: Read + AsFd>(
     input: &mut R,
     out: File,
     lim: &StreamLimits,
-) -> Result<Streamed, StreamError> {
+) -> Result<(Streamed, File), StreamError> {
     let mut raw: u64 = 0;
     let io_at = |op: &'static str, raw: u64| move |source| StreamError::Io { raw, op, source };
     let mut enc = zstd::stream::write::Encoder::new(
@@ -733,13 +745,15 @@ pub fn stream_core<R: Read + AsFd>(
             stored: counting.written,
         });
     }
-    counting.file.sync_all().map_err(io_at("fsync", raw))?;
-    Ok(Streamed {
-        raw,
-        stored: counting.written,
-        sha256: hasher.finalize().into(),
-        hit_cap,
-    })
+    Ok((
+        Streamed {
+            raw,
+            stored: counting.written,
+            sha256: hasher.finalize().into(),
+            hit_cap,
+        },
+        counting.file,
+    ))
 }
 
 fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant, raw: u64) -> Result<(), StreamError> {
@@ -837,7 +851,7 @@ mod tests {
             let out = File::create(&out_path).unwrap();
             let mut lim = limits(u64::MAX, u64::MAX);
             lim.zstd_workers = workers;
-            let s = stream_core(&mut File::open(&src).unwrap(), out, &lim).unwrap();
+            let (s, _) = stream_core(&mut File::open(&src).unwrap(), out, &lim).unwrap();
             assert_eq!(s.raw, data.len() as u64);
             assert!(!s.hit_cap);
             assert_eq!(s.sha256, <[u8; 32]>::from(Sha256::digest(&data)));
@@ -856,7 +870,7 @@ mod tests {
         std::fs::write(&src, &data).unwrap();
 
         let out = File::create(dir.path().join("cut")).unwrap();
-        let s = stream_core(
+        let (s, _) = stream_core(
             &mut File::open(&src).unwrap(),
             out,
             &limits(10_000, u64::MAX),

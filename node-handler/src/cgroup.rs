@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 /// One line of `/proc/<pid>/cgroup`: `hierarchy-ID:controller-list:path`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CgroupLine {
     pub hierarchy_id: u32,
     /// Comma-separated controllers; empty for the v2 line (`0::/path`).

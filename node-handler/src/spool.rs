@@ -113,6 +113,10 @@ pub struct HandlerStats {
     pub vm_hwm_bytes: u64,
     /// From the handler's start to the commit, milliseconds.
     pub elapsed_millis: u64,
+    /// From the handler's start to the end of the core (when the crashing
+    /// process was let go), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_millis: Option<u64>,
 }
 
 /// `cores/<id>/metadata.json`.
