@@ -4,6 +4,7 @@
 
 pub mod bins;
 pub mod controlplane;
+pub mod curl;
 pub mod env;
 pub mod extension;
 pub mod kubectl;

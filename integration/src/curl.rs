@@ -1,0 +1,140 @@
+//! Raw HTTPS requests with curl, for what kubectl cannot express: Accept headers, bodies
+//! of any content type, bearer tokens and client certificates of our choosing.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::controlplane::Endpoints;
+use crate::Error;
+
+/// Who a request authenticates as.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    None,
+    /// A client certificate and key (PEM files).
+    Cert {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Bearer(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct Curl {
+    /// Base URL, e.g. kube-apiserver's or the extension server's.
+    pub base: String,
+    pub ca: PathBuf,
+    pub cred: Credential,
+}
+
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Curl {
+    /// kube-apiserver as the admin (client certificate in system:masters).
+    pub fn admin(ep: &Endpoints) -> Self {
+        let pki = ep.dir.join("pki");
+        Self {
+            base: ep.server.clone(),
+            ca: ep.ca_cert.clone(),
+            cred: Credential::Cert {
+                cert: pki.join("admin.crt"),
+                key: pki.join("admin.key"),
+            },
+        }
+    }
+
+    /// `method` on `path` with extra `headers` and an optional body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io("tempdir".into(), e))?;
+        let head = dir.path().join("head");
+        let out = dir.path().join("body");
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--http1.1", "-X", method])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .arg("-D")
+            .arg(&head)
+            .arg("-o")
+            .arg(&out);
+        match &self.cred {
+            Credential::None => {}
+            Credential::Cert { cert, key } => {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+            Credential::Bearer(t) => {
+                cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+            }
+        }
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        if let Some(b) = body {
+            let f = dir.path().join("req");
+            std::fs::write(&f, b).map_err(|e| Error::Io("write body".into(), e))?;
+            cmd.arg("--data-binary").arg(format!("@{}", f.display()));
+        }
+        cmd.arg(format!("{}{}", self.base, path));
+        let o = cmd.output().map_err(|e| Error::Io("run curl".into(), e))?;
+        if !o.status.success() {
+            return Err(Error::Setup(format!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )));
+        }
+        let head = std::fs::read_to_string(&head).unwrap_or_default();
+        // The last response's head (after any 100 Continue).
+        let last = head
+            .split("\r\n\r\n")
+            .filter(|b| !b.trim().is_empty())
+            .last()
+            .unwrap_or_default();
+        let mut lines = last.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let body = std::fs::read(&out).unwrap_or_default();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn get(&self, path: &str, headers: &[(&str, &str)]) -> Result<Reply, Error> {
+        self.request("GET", path, headers, None)
+    }
+}
