@@ -34,6 +34,11 @@ pub struct Args {
     )]
     pub data_dir: PathBuf,
 
+    /// Changes kept for watches and consistent paging; a watch or `continue` from an older
+    /// revision gets 410 Expired and the client relists.
+    #[arg(long, env = "COREDUMP_REVISION_LOG_SIZE", default_value_t = 100_000)]
+    pub revision_log_size: usize,
+
     /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

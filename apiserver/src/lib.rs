@@ -5,6 +5,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod metrics;
 pub mod registry;
 pub mod serve;
 pub mod store;
@@ -25,6 +26,8 @@ pub enum StartError {
         path: std::path::PathBuf,
         source: store::StoreError,
     },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -48,21 +51,27 @@ pub async fn run(
 
     let db_path = args.data_dir.join("db");
     let store = Arc::new(
-        store::Store::open(&db_path).map_err(|source| StartError::Store {
-            path: db_path.clone(),
-            source,
+        store::Store::open(&db_path, args.revision_log_size).map_err(|source| {
+            StartError::Store {
+                path: db_path.clone(),
+                source,
+            }
         })?,
     );
     let kinds: Vec<Arc<dyn registry::Kind>> = vec![
         Arc::new(registry::kinds::CoredumpKind),
         Arc::new(registry::kinds::QuotaKind),
     ];
+    let metrics = Arc::new(metrics::Metrics::new(
+        Arc::clone(&store),
+        kinds.iter().map(|k| k.info().plural).collect(),
+    )?);
     let registry = Arc::new(registry::Registry::new(
         Arc::clone(&store),
         kinds,
         Arc::new(registry::NoAdmission),
     ));
-    let app = http::router(http::AppState { registry });
+    let app = http::router(http::AppState { registry, metrics });
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

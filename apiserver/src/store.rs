@@ -187,25 +187,34 @@ pub struct Store {
     meta: sled::Tree,
     write_lock: Mutex<()>,
     events: broadcast::Sender<Arc<Event>>,
+    /// How many log records to keep; older revisions answer 410 Expired.
+    log_keep: usize,
+    /// Records in the log (sled's `len` walks the tree, so it is counted here).
+    log_len: std::sync::atomic::AtomicUsize,
 }
 
 const META_RV: &[u8] = b"rv";
 const META_COMPACTED: &[u8] = b"compacted";
 
 impl Store {
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (or creates) the store, keeping at most `log_keep` log records.
+    pub fn open(path: &Path, log_keep: usize) -> Result<Self, StoreError> {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
             .open()?;
         let (events, _) = broadcast::channel(4096);
+        let log = db.open_tree("log")?;
+        let log_len = log.len();
         Ok(Self {
             objects: db.open_tree("objects")?,
-            log: db.open_tree("log")?,
             meta: db.open_tree("meta")?,
+            log,
             db,
             write_lock: Mutex::new(()),
             events,
+            log_keep: log_keep.max(1),
+            log_len: std::sync::atomic::AtomicUsize::new(log_len),
         })
     }
 
@@ -328,6 +337,14 @@ impl Store {
                 // No receivers is fine: nobody is watching.
                 let _ = self.events.send(Arc::clone(ev));
             }
+            let len = self
+                .log_len
+                .fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed)
+                + events.len();
+            // Trim in steps of a tenth, so most writes pay nothing for it.
+            if len > self.log_keep + self.log_keep / 10 {
+                self.compact(self.log_keep)?;
+            }
             (value, events)
         };
         if !events.is_empty() {
@@ -410,6 +427,8 @@ impl Store {
     /// Drops the oldest log records so that at most `keep` remain.
     pub fn compact(&self, keep: usize) -> Result<u64, StoreError> {
         let len = self.log.len();
+        self.log_len
+            .store(len.min(keep), std::sync::atomic::Ordering::Relaxed);
         if len <= keep {
             return self.compacted_rv();
         }
@@ -473,7 +492,7 @@ mod tests {
     #[tokio::test]
     async fn revisions_are_monotonic_and_lists_at_old_revisions_are_exact() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
+        let store = Store::open(dir.path(), 100).expect("open");
         let scope = Scope {
             resource: "things".into(),
             namespace: Some("ns".into()),
@@ -532,7 +551,7 @@ mod tests {
         drop(store);
 
         // Reopened: revision counter and objects survive.
-        let store = Store::open(dir.path()).expect("reopen");
+        let store = Store::open(dir.path(), 100).expect("reopen");
         assert_eq!(store.current_rv().expect("rv"), 5);
         let (_, now) = store.list_at(&scope, None).expect("now");
         assert_eq!(names(&now), [("a".into(), 2), ("c".into(), 1)]);

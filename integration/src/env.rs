@@ -44,31 +44,19 @@ impl TestEnv {
         })
     }
 
-    /// The environment shared by all tests of this test binary. It is started on a thread
-    /// that lives as long as the process, so the kernel kills its processes when the test
-    /// binary ends in any way (parent-death signal); an exit hook removes its files.
+    /// The environment shared by all tests of this test binary, with default options.
     pub fn shared() -> &'static TestEnv {
-        static ENV: OnceLock<Result<TestEnv, String>> = OnceLock::new();
-        static STARTING: Mutex<()> = Mutex::new(());
-        let _guard = STARTING.lock().unwrap_or_else(|e| e.into_inner());
-        if ENV.get().is_none() {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let env = TestEnv::start(Default::default(), Default::default())
-                    .map_err(|e| e.to_string());
-                let _ = ENV.set(env);
-                let _ = tx.send(());
-                loop {
-                    std::thread::park();
-                }
-            });
-            let _ = rx.recv();
-        }
-        match ENV.get() {
-            Some(Ok(env)) => env,
-            Some(Err(e)) => panic!("test environment failed to start: {e}"),
-            None => panic!("test environment thread died"),
-        }
+        static ENV: OnceLock<TestEnv> = OnceLock::new();
+        ENV.get_or_init(|| Self::start_shared(Default::default(), Default::default()))
+    }
+
+    /// Starts an environment meant to live as long as the test binary (keep it in a
+    /// `static`): the kernel kills its processes when the test binary ends in any way
+    /// (parent-death signal), and an exit hook ends them and removes their files on a
+    /// normal exit. Panics if it cannot start: every test using it would fail anyway.
+    pub fn start_shared(cp_opts: controlplane::Options, ext_opts: extension::Options) -> TestEnv {
+        TestEnv::start(cp_opts, ext_opts)
+            .unwrap_or_else(|e| panic!("test environment failed to start: {e}"))
     }
 
     pub fn kubectl(&self) -> Kubectl {

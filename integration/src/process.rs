@@ -73,9 +73,12 @@ impl Proc {
                 }
             }
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| Error::Io(format!("start {name} ({:?})", cmd.get_program()), e))?;
+        let program = cmd.get_program().to_os_string();
+        let child = match lifetime {
+            Lifetime::Scoped => spawn_from_long_lived_thread(cmd),
+            Lifetime::Detached => cmd.spawn(),
+        }
+        .map_err(|e| Error::Io(format!("start {name} ({program:?})"), e))?;
         let pid = child.id();
         if lifetime == Lifetime::Scoped {
             if let Ok(mut pids) = SCOPED.lock() {
@@ -130,6 +133,37 @@ impl Drop for Proc {
             self.stop();
         }
     }
+}
+
+/// The parent-death signal fires when the *thread* that forked exits, not the process: a
+/// server restarted from a test's thread would die with that test. So scoped processes are
+/// all forked by one thread that lives as long as the harness.
+fn spawn_from_long_lived_thread(cmd: Command) -> std::io::Result<Child> {
+    type Job = (Command, std::sync::mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let sender = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::spawn(move || {
+            for (mut cmd, reply) in rx {
+                let _ = reply.send(cmd.spawn());
+            }
+            // All senders gone: stay alive anyway, children depend on this thread.
+            loop {
+                std::thread::park();
+            }
+        });
+        std::sync::Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    sender
+        .lock()
+        .map_err(|_| std::io::Error::other("spawner lock poisoned"))?
+        .send((cmd, reply_tx))
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("spawner thread gone"))?
 }
 
 /// Process groups started with [`Lifetime::Scoped`], for [`kill_scoped`].

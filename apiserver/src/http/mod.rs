@@ -13,34 +13,38 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{any, get};
 use axum::Router;
+use tracing::Instrument;
 
 use crate::error::ApiError;
+use crate::metrics::Metrics;
 use crate::registry::Registry;
 use reqinfo::{RequestInfo, API_PREFIX};
 
 #[derive(Clone)]
 pub struct AppState {
     pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
 }
 
 pub fn router(state: AppState) -> Router {
-    let api = Router::new()
-        .route(&format!("{API_PREFIX}/{{*rest}}"), any(resources::handle))
-        .layer(middleware::from_fn_with_state(state.clone(), context));
-    Router::new()
+    // Health stays outside the request context: open to all, never authenticated.
+    let health = Router::new()
         .route("/healthz", get(health))
         .route("/livez", get(health))
-        .route("/readyz", get(health))
+        .route("/readyz", get(ready));
+    let api = Router::new()
+        .route(&format!("{API_PREFIX}/{{*rest}}"), any(resources::handle))
         .route("/version", get(discovery::version))
+        .route("/metrics", get(metrics))
         .merge(discovery::routes())
-        .merge(api)
         .fallback(not_found)
-        .with_state(state)
+        .layer(middleware::from_fn_with_state(state.clone(), context));
+    health.merge(api).with_state(state)
 }
 
 /// Works out what the request asks for (and, with authentication, who asks) before any
 /// handler runs.
-async fn context(State(_state): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let q = req.uri().query().unwrap_or_default().to_string();
     let params: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
         .into_owned()
@@ -52,12 +56,54 @@ async fn context(State(_state): State<AppState>, mut req: Request, next: Next) -
             .find_map(|t| t.trim().strip_prefix("metadata.name=").map(str::to_string))
     });
     let info = RequestInfo::parse(req.method(), req.uri().path(), watch, field_name.as_deref());
-    req.extensions_mut().insert(info);
-    next.run(req).await
+    let span = tracing::info_span!(
+        "request",
+        verb = %info.verb,
+        resource = %info.resource,
+        namespace = info.namespace.as_deref().unwrap_or(""),
+        name = info.name.as_deref().unwrap_or(""),
+        path = %info.path,
+    );
+    req.extensions_mut().insert(info.clone());
+    let start = std::time::Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let code = resp.status().as_u16();
+    let (resource, sub) = if info.is_resource {
+        (
+            info.resource.as_str(),
+            info.subresource.as_deref().unwrap_or(""),
+        )
+    } else {
+        ("", "")
+    };
+    state.metrics.observe(
+        &info.verb,
+        resource,
+        sub,
+        code,
+        start.elapsed().as_secs_f64(),
+    );
+    span.in_scope(|| tracing::debug!(code, "answered"));
+    resp
 }
 
 async fn health() -> &'static str {
     "ok"
+}
+
+/// Ready once the store answers (it is opened before the listener, so this checks that
+/// it still reads).
+async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    state
+        .registry
+        .store
+        .current_rv()
+        .map(|_| "ok")
+        .map_err(|e| ApiError::unavailable(format!("store: {e}")))
+}
+
+async fn metrics(State(state): State<AppState>) -> String {
+    state.metrics.render()
 }
 
 async fn not_found() -> ApiError {
