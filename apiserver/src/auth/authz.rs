@@ -225,7 +225,11 @@ mod tests {
     fn resource_request_review() {
         let a = attrs(Method::GET, &format!("{NS}/x/download"), false, None);
         let r = a.to_review();
-        let ra = r.spec.resource_attributes.clone().expect("resource attributes");
+        let ra = r
+            .spec
+            .resource_attributes
+            .clone()
+            .expect("resource attributes");
         assert_eq!(ra.verb.as_deref(), Some("get"));
         assert_eq!(ra.group.as_deref(), Some("coredump.io"));
         assert_eq!(ra.version.as_deref(), Some("v1alpha1"));
@@ -237,21 +241,49 @@ mod tests {
         assert_eq!(r.spec.user.as_deref(), Some("alice"));
         assert_eq!(r.spec.uid.as_deref(), Some("alice-uid"));
         assert_eq!(r.spec.groups.as_deref().map(<[String]>::len), Some(2));
-        assert_eq!(r.spec.extra.as_ref().map(|e| e["scopes"].clone()), Some(vec!["x".to_string()]));
+        assert_eq!(
+            r.spec.extra.as_ref().map(|e| e["scopes"].clone()),
+            Some(vec!["x".to_string()])
+        );
     }
 
     #[test]
     fn verbs_collections_and_field_selector_names() {
         let verb = |a: &Attributes| match &a.action {
-            Action::Resource { verb, name, namespace, .. } => (verb.clone(), name.clone(), namespace.clone()),
+            Action::Resource {
+                verb,
+                name,
+                namespace,
+                ..
+            } => (verb.clone(), name.clone(), namespace.clone()),
             Action::NonResource { .. } => panic!("not a resource request"),
         };
-        assert_eq!(verb(&attrs(Method::GET, NS, false, None)), ("list".into(), "".into(), "team-b".into()));
-        assert_eq!(verb(&attrs(Method::GET, NS, true, Some("x"))), ("watch".into(), "x".into(), "team-b".into()));
-        assert_eq!(verb(&attrs(Method::DELETE, NS, false, None)).0, "deletecollection");
-        assert_eq!(verb(&attrs(Method::DELETE, &format!("{NS}/x"), false, None)).0, "delete");
-        assert_eq!(verb(&attrs(Method::PUT, &format!("{NS}/x/upload"), false, None)).0, "update");
-        let all = attrs(Method::GET, "/apis/coredump.io/v1alpha1/coredumps", false, None);
+        assert_eq!(
+            verb(&attrs(Method::GET, NS, false, None)),
+            ("list".into(), "".into(), "team-b".into())
+        );
+        assert_eq!(
+            verb(&attrs(Method::GET, NS, true, Some("x"))),
+            ("watch".into(), "x".into(), "team-b".into())
+        );
+        assert_eq!(
+            verb(&attrs(Method::DELETE, NS, false, None)).0,
+            "deletecollection"
+        );
+        assert_eq!(
+            verb(&attrs(Method::DELETE, &format!("{NS}/x"), false, None)).0,
+            "delete"
+        );
+        assert_eq!(
+            verb(&attrs(Method::PUT, &format!("{NS}/x/upload"), false, None)).0,
+            "update"
+        );
+        let all = attrs(
+            Method::GET,
+            "/apis/coredump.io/v1alpha1/coredumps",
+            false,
+            None,
+        );
         assert_eq!(verb(&all), ("list".into(), "".into(), "".into()));
         let ra = all.to_review().spec.resource_attributes.expect("ra");
         assert_eq!((ra.namespace, ra.name, ra.subresource), (None, None, None));
@@ -259,11 +291,20 @@ mod tests {
 
     #[test]
     fn non_resource_paths() {
-        for path in ["/metrics", "/apis", "/apis/coredump.io/v1alpha1", "/openapi/v3", "/version"] {
+        for path in [
+            "/metrics",
+            "/apis",
+            "/apis/coredump.io/v1alpha1",
+            "/openapi/v3",
+            "/version",
+        ] {
             let r = attrs(Method::GET, path, false, None).to_review();
             assert!(r.spec.resource_attributes.is_none(), "{path}");
             let nr = r.spec.non_resource_attributes.expect("non-resource");
-            assert_eq!((nr.verb.as_deref(), nr.path.as_deref()), (Some("get"), Some(path)));
+            assert_eq!(
+                (nr.verb.as_deref(), nr.path.as_deref()),
+                (Some("get"), Some(path))
+            );
         }
     }
 
@@ -281,13 +322,22 @@ mod tests {
         assert_eq!(s["details"]["group"], "coredump.io");
         assert_eq!(s["details"]["kind"], "coredumps");
 
-        let list = attrs(Method::GET, "/apis/coredump.io/v1alpha1/coredumps", false, None).forbidden("no");
+        let list = attrs(
+            Method::GET,
+            "/apis/coredump.io/v1alpha1/coredumps",
+            false,
+            None,
+        )
+        .forbidden("no");
         assert_eq!(
             list.message,
             r#"coredumps.coredump.io is forbidden: User "alice" cannot list resource "coredumps" in API group "coredump.io" at the cluster scope: no"#
         );
         let nr = attrs(Method::GET, "/metrics", false, None).forbidden("");
-        assert_eq!(nr.message, r#"forbidden: User "alice" cannot get path "/metrics""#);
+        assert_eq!(
+            nr.message,
+            r#"forbidden: User "alice" cannot get path "/metrics""#
+        );
     }
 
     #[test]
@@ -300,6 +350,12 @@ mod tests {
             reason: Some("RBAC: allowed".into()),
             ..Default::default()
         });
-        assert_eq!(decision(&r), Decision { allowed: true, reason: "RBAC: allowed".into() });
+        assert_eq!(
+            decision(&r),
+            Decision {
+                allowed: true,
+                reason: "RBAC: allowed".into()
+            }
+        );
     }
 }

@@ -159,8 +159,10 @@ pub(crate) trait Reviewer: Send + Sync {
         &'a self,
         token: &'a str,
     ) -> BoxFuture<'a, Result<Option<UserInfo>, AuthError>>;
-    fn review_access<'a>(&'a self, attrs: &'a Attributes)
-        -> BoxFuture<'a, Result<Decision, AuthError>>;
+    fn review_access<'a>(
+        &'a self,
+        attrs: &'a Attributes,
+    ) -> BoxFuture<'a, Result<Decision, AuthError>>;
 }
 
 struct KubeReviewer {
@@ -259,10 +261,9 @@ impl Auth {
     pub async fn new(client: kube::Client, cfg: AuthConfig) -> Result<Arc<Self>, AuthError> {
         let (tx, rx) = watch::channel(None);
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), CONFIGMAP_NAMESPACE);
-        let follower = tokio::spawn(
-            trust::follow(api, tx).instrument(tracing::info_span!("auth_configmap")),
-        )
-        .abort_handle();
+        let follower =
+            tokio::spawn(trust::follow(api, tx).instrument(tracing::info_span!("auth_configmap")))
+                .abort_handle();
         let reviewer = Arc::new(KubeReviewer {
             tokens: Api::all(client.clone()),
             access: Api::all(client),
@@ -283,7 +284,11 @@ impl Auth {
         Ok(Arc::new(auth))
     }
 
-    pub(crate) fn with_reviewer(reviewer: Arc<dyn Reviewer>, cfg: AuthConfig, trust: TrustRx) -> Self {
+    pub(crate) fn with_reviewer(
+        reviewer: Arc<dyn Reviewer>,
+        cfg: AuthConfig,
+        trust: TrustRx,
+    ) -> Self {
         Self {
             tokens: TtlCache::new(cfg.cache_size),
             decisions: TtlCache::new(cfg.cache_size),
@@ -305,7 +310,8 @@ impl Auth {
         parts: &http::request::Parts,
         info: &RequestInfo,
     ) -> Result<UserInfo, ApiError> {
-        self.check_headers(&parts.headers, &parts.extensions, info).await
+        self.check_headers(&parts.headers, &parts.extensions, info)
+            .await
     }
 
     /// [`Self::check`] for a whole request; on success also removes the identity headers
@@ -407,11 +413,12 @@ impl Auth {
         if let Some(hit) = self.tokens.get(&key, Instant::now()) {
             return hit;
         }
-        let answer = tokio::time::timeout(self.cfg.review_timeout, self.reviewer.review_token(token))
-            .await;
+        let answer =
+            tokio::time::timeout(self.cfg.review_timeout, self.reviewer.review_token(token)).await;
         match answer {
             Ok(Ok(user)) => {
-                self.tokens.insert(key, user.clone(), self.cfg.token_cache_ttl, Instant::now());
+                self.tokens
+                    .insert(key, user.clone(), self.cfg.token_cache_ttl, Instant::now());
                 if user.is_none() {
                     tracing::debug!("token not authenticated");
                 }
@@ -437,9 +444,11 @@ impl Auth {
         let decision = match self.decisions.get(&attrs, Instant::now()) {
             Some(d) => d,
             None => {
-                let answer =
-                    tokio::time::timeout(self.cfg.review_timeout, self.reviewer.review_access(&attrs))
-                        .await;
+                let answer = tokio::time::timeout(
+                    self.cfg.review_timeout,
+                    self.reviewer.review_access(&attrs),
+                )
+                .await;
                 let d = match answer {
                     Ok(Ok(d)) => d,
                     // As kube-apiserver does when its authorizer fails: 500, not a denial that
@@ -458,7 +467,8 @@ impl Auth {
                 } else {
                     self.cfg.deny_cache_ttl
                 };
-                self.decisions.insert(attrs.clone(), d.clone(), ttl, Instant::now());
+                self.decisions
+                    .insert(attrs.clone(), d.clone(), ttl, Instant::now());
                 d
             }
         };

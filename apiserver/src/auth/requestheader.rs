@@ -146,7 +146,10 @@ mod tests {
             ("X-Remote-Extra-Scopes", "read"),
             ("X-Remote-Extra-Scopes", "write"),
             ("X-Remote-Extra-Example.org%2FRole", "x"),
-            ("X-Remote-Extra-Authentication.Kubernetes.Io%2Fnode-Name", "node-1"),
+            (
+                "X-Remote-Extra-Authentication.Kubernetes.Io%2Fnode-Name",
+                "node-1",
+            ),
         ]);
         let u = config().user_from_headers(&h).expect("user");
         assert_eq!(u.name, "alice");
@@ -155,7 +158,10 @@ mod tests {
         assert_eq!(u.groups, ["team-a", "a,b"]);
         assert_eq!(u.extra["scopes"], ["read", "write"]);
         assert_eq!(u.extra["example.org/role"], ["x"]);
-        assert_eq!(u.extra["authentication.kubernetes.io/node-name"], ["node-1"]);
+        assert_eq!(
+            u.extra["authentication.kubernetes.io/node-name"],
+            ["node-1"]
+        );
     }
 
     #[test]
@@ -164,9 +170,16 @@ mod tests {
         let h = headers(&[("X-Remote-User", ""), ("X-Other-User", "bob")]);
         assert_eq!(c.user_from_headers(&h).map(|u| u.name), Some("bob".into()));
         let h = headers(&[("X-Remote-User", "alice"), ("X-Other-User", "bob")]);
-        assert_eq!(c.user_from_headers(&h).map(|u| u.name), Some("alice".into()));
-        assert!(c.user_from_headers(&headers(&[("X-Remote-Group", "g")])).is_none());
-        assert!(c.user_from_headers(&headers(&[("X-Remote-User", "")])).is_none());
+        assert_eq!(
+            c.user_from_headers(&h).map(|u| u.name),
+            Some("alice".into())
+        );
+        assert!(c
+            .user_from_headers(&headers(&[("X-Remote-Group", "g")]))
+            .is_none());
+        assert!(c
+            .user_from_headers(&headers(&[("X-Remote-User", "")]))
+            .is_none());
     }
 
     #[test]
@@ -181,7 +194,13 @@ mod tests {
     #[test]
     fn identity_headers_are_recognised_for_stripping() {
         let c = config();
-        for n in ["x-remote-user", "x-other-user", "x-remote-uid", "x-remote-group", "x-remote-extra-foo"] {
+        for n in [
+            "x-remote-user",
+            "x-other-user",
+            "x-remote-uid",
+            "x-remote-group",
+            "x-remote-extra-foo",
+        ] {
             assert!(c.is_identity_header(&HeaderName::from_static(n)), "{n}");
         }
         assert!(!c.is_identity_header(&HeaderName::from_static("accept")));

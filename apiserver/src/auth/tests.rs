@@ -82,7 +82,10 @@ fn trust(pki: &Pki) -> Trust {
         ("requestheader-username-headers", r#"["X-Remote-User"]"#),
         ("requestheader-uid-headers", r#"["X-Remote-Uid"]"#),
         ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
-        ("requestheader-extra-headers-prefix", r#"["X-Remote-Extra-"]"#),
+        (
+            "requestheader-extra-headers-prefix",
+            r#"["X-Remote-Extra-"]"#,
+        ),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -150,16 +153,30 @@ async fn front_proxy_with_an_allowed_certificate_acts_as_the_named_user() {
     assert_eq!(u.name, "alice");
     assert_eq!(u.groups, ["team-a", SYSTEM_AUTHENTICATED]);
     assert_eq!(u.extra["scopes"], ["s"]);
-    let last = fake.last.lock().ok().and_then(|l| l.clone()).expect("reviewed");
+    let last = fake
+        .last
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .expect("reviewed");
     assert_eq!(last.user, "alice");
-    assert!(matches!(&last.action, Action::Resource { verb, name, .. } if verb == "get" && name == "x"));
+    assert!(
+        matches!(&last.action, Action::Resource { verb, name, .. } if verb == "get" && name == "x")
+    );
 }
 
 #[tokio::test]
 async fn identity_headers_are_ignored_without_a_trusted_proxy_certificate() {
     let pki = pki();
-    let a = auth(Fake::new(allow_all()), Some(trust(&pki)), AuthConfig::default());
-    let spoof = [("X-Remote-User", "admin"), ("X-Remote-Group", "system:masters")];
+    let a = auth(
+        Fake::new(allow_all()),
+        Some(trust(&pki)),
+        AuthConfig::default(),
+    );
+    let spoof = [
+        ("X-Remote-User", "admin"),
+        ("X-Remote-Group", "system:masters"),
+    ];
     // No certificate at all.
     let (parts, info) = request(Method::GET, ITEM, &spoof, vec![]);
     assert_eq!(a.check(&parts, &info).await.map_err(|e| e.code), Err(401));
@@ -213,15 +230,26 @@ async fn token_reviews_are_cached_both_ways_until_the_ttl() {
         let (parts, info) = request(Method::GET, ITEM, &good, vec![]);
         let u = a.check(&parts, &info).await.expect("authenticated");
         // Pod-bound token extras travel through.
-        assert_eq!(u.extra["authentication.kubernetes.io/node-name"], ["node-1"]);
+        assert_eq!(
+            u.extra["authentication.kubernetes.io/node-name"],
+            ["node-1"]
+        );
         let (parts, info) = request(Method::GET, ITEM, &bad, vec![]);
         assert_eq!(a.check(&parts, &info).await.map_err(|e| e.code), Err(401));
     }
-    assert_eq!(fake.token_calls.load(Ordering::SeqCst), 2, "one review per token");
+    assert_eq!(
+        fake.token_calls.load(Ordering::SeqCst),
+        2,
+        "one review per token"
+    );
     tokio::time::sleep(Duration::from_millis(400)).await;
     let (parts, info) = request(Method::GET, ITEM, &good, vec![]);
     assert!(a.check(&parts, &info).await.is_ok());
-    assert_eq!(fake.token_calls.load(Ordering::SeqCst), 3, "reviewed again after the TTL");
+    assert_eq!(
+        fake.token_calls.load(Ordering::SeqCst),
+        3,
+        "reviewed again after the TTL"
+    );
 }
 
 #[tokio::test]
@@ -258,9 +286,19 @@ async fn access_reviews_are_cached_and_denials_are_403_before_any_handler() {
     assert!(a.check(&parts, &info).await.is_err());
     assert_eq!(fake.access_calls.load(Ordering::SeqCst), 3);
     // Discovery is a non-resource review.
-    let (parts, info) = request(Method::GET, "/apis/coredump.io/v1alpha1", &alice, vec![proxy()]);
+    let (parts, info) = request(
+        Method::GET,
+        "/apis/coredump.io/v1alpha1",
+        &alice,
+        vec![proxy()],
+    );
     assert!(a.check(&parts, &info).await.is_ok());
-    let last = fake.last.lock().ok().and_then(|l| l.clone()).expect("reviewed");
+    let last = fake
+        .last
+        .lock()
+        .ok()
+        .and_then(|l| l.clone())
+        .expect("reviewed");
     assert_eq!(
         last.action,
         Action::NonResource {
@@ -274,7 +312,12 @@ async fn access_reviews_are_cached_and_denials_are_403_before_any_handler() {
 async fn before_the_configmap_is_read_requests_get_503_but_health_stays_open() {
     let a = auth(Fake::new(allow_all()), None, AuthConfig::default());
     assert!(!a.is_ready());
-    let (parts, info) = request(Method::GET, ITEM, &[("Authorization", "Bearer sa-token")], vec![]);
+    let (parts, info) = request(
+        Method::GET,
+        ITEM,
+        &[("Authorization", "Bearer sa-token")],
+        vec![],
+    );
     assert_eq!(a.check(&parts, &info).await.map_err(|e| e.code), Err(503));
     for path in ["/healthz", "/livez", "/readyz", "/readyz/ping"] {
         let (parts, info) = request(Method::GET, path, &[], vec![]);
@@ -286,7 +329,11 @@ async fn before_the_configmap_is_read_requests_get_503_but_health_stays_open() {
 #[tokio::test]
 async fn check_request_strips_identity_headers_and_records_the_user() {
     let pki = pki();
-    let a = auth(Fake::new(allow_all()), Some(trust(&pki)), AuthConfig::default());
+    let a = auth(
+        Fake::new(allow_all()),
+        Some(trust(&pki)),
+        AuthConfig::default(),
+    );
     let mut req = http::Request::builder()
         .uri(ITEM)
         .header("X-Remote-User", "alice")
@@ -295,12 +342,17 @@ async fn check_request_strips_identity_headers_and_records_the_user() {
         .header("Accept", "application/json")
         .body(())
         .expect("request");
-    req.extensions_mut()
-        .insert(PeerCerts(Arc::new(vec![pki.front.client("front-proxy-client", &[])])));
+    req.extensions_mut().insert(PeerCerts(Arc::new(vec![pki
+        .front
+        .client("front-proxy-client", &[])])));
     let info = RequestInfo::parse(&Method::GET, ITEM, false, None);
     let u = a.check_request(&mut req, &info).await.expect("allowed");
     assert_eq!(req.extensions().get::<UserInfo>(), Some(&u));
-    let left: Vec<_> = req.headers().keys().map(|k| k.as_str().to_string()).collect();
+    let left: Vec<_> = req
+        .headers()
+        .keys()
+        .map(|k| k.as_str().to_string())
+        .collect();
     assert_eq!(left, ["accept"]);
 }
 

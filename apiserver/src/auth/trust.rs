@@ -54,13 +54,16 @@ pub(crate) struct Trust {
 
 impl Trust {
     pub(crate) fn from_data(data: &BTreeMap<String, String>) -> Result<Self, TrustError> {
-        let client_ca = match non_empty(data, CLIENT_CA) {
-            Some(pem) => Some(
-                ChainVerifier::from_pem(pem.as_bytes())
-                    .map_err(|source| TrustError::Ca { key: CLIENT_CA, source })?,
-            ),
-            None => None,
-        };
+        let client_ca =
+            match non_empty(data, CLIENT_CA) {
+                Some(pem) => Some(ChainVerifier::from_pem(pem.as_bytes()).map_err(|source| {
+                    TrustError::Ca {
+                        key: CLIENT_CA,
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         let username_headers = header_names(data, RH_USERNAME)?;
         // Without a CA or a username header nothing can be proven or named: no front proxy.
         let request_header = match non_empty(data, RH_CA) {
@@ -87,7 +90,9 @@ impl Trust {
 }
 
 fn non_empty<'a>(data: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
-    data.get(key).map(String::as_str).filter(|s| !s.trim().is_empty())
+    data.get(key)
+        .map(String::as_str)
+        .filter(|s| !s.trim().is_empty())
 }
 
 /// The `requestheader-*` lists are JSON arrays inside a string; a missing key is an empty list.
@@ -128,7 +133,9 @@ pub(crate) async fn follow(api: Api<ConfigMap>, tx: watch::Sender<Option<Arc<Tru
         match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => apply(&cm, &tx),
             Ok(Event::Delete(_)) => {
-                tracing::warn!("{CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME} was deleted; keeping the last settings")
+                tracing::warn!(
+                    "{CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME} was deleted; keeping the last settings"
+                )
             }
             Ok(Event::Init | Event::InitDone) => {}
             Err(e) => tracing::warn!(error = %e, "watching {CONFIGMAP_NAMESPACE}/{CONFIGMAP_NAME}"),
@@ -162,7 +169,10 @@ mod tests {
     use super::*;
 
     fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     #[test]
@@ -181,9 +191,15 @@ mod tests {
         .expect("parses");
         let rh = t.request_header.expect("front proxy configured");
         assert_eq!(rh.allowed_names, ["front-proxy-client"]);
-        assert_eq!(rh.username_headers, [HeaderName::from_static("x-remote-user")]);
+        assert_eq!(
+            rh.username_headers,
+            [HeaderName::from_static("x-remote-user")]
+        );
         assert_eq!(rh.uid_headers, [HeaderName::from_static("x-remote-uid")]);
-        assert_eq!(rh.group_headers, [HeaderName::from_static("x-remote-group")]);
+        assert_eq!(
+            rh.group_headers,
+            [HeaderName::from_static("x-remote-group")]
+        );
         assert_eq!(rh.extra_prefixes, ["x-remote-extra-"]);
         assert!(t.client_ca.is_some());
     }
@@ -193,7 +209,8 @@ mod tests {
         let front = TestCa::new("front-proxy-ca");
         let no_headers = Trust::from_data(&data(&[(RH_CA, &front.pem)])).expect("parses");
         assert!(no_headers.request_header.is_none());
-        let no_ca = Trust::from_data(&data(&[(RH_USERNAME, r#"["X-Remote-User"]"#)])).expect("parses");
+        let no_ca =
+            Trust::from_data(&data(&[(RH_USERNAME, r#"["X-Remote-User"]"#)])).expect("parses");
         assert!(no_ca.request_header.is_none());
         let empty = Trust::from_data(&BTreeMap::new()).expect("parses");
         assert!(empty.request_header.is_none() && empty.client_ca.is_none());
@@ -203,10 +220,22 @@ mod tests {
     fn malformed_settings_are_errors() {
         let front = TestCa::new("front-proxy-ca");
         let bad_list = data(&[(RH_CA, &front.pem), (RH_USERNAME, "X-Remote-User")]);
-        assert!(matches!(Trust::from_data(&bad_list), Err(TrustError::List { .. })));
+        assert!(matches!(
+            Trust::from_data(&bad_list),
+            Err(TrustError::List { .. })
+        ));
         let bad_name = data(&[(RH_CA, &front.pem), (RH_USERNAME, r#"["X Remote"]"#)]);
-        assert!(matches!(Trust::from_data(&bad_name), Err(TrustError::HeaderName { .. })));
-        let bad_ca = data(&[(CLIENT_CA, "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n")]);
-        assert!(matches!(Trust::from_data(&bad_ca), Err(TrustError::Ca { .. })));
+        assert!(matches!(
+            Trust::from_data(&bad_name),
+            Err(TrustError::HeaderName { .. })
+        ));
+        let bad_ca = data(&[(
+            CLIENT_CA,
+            "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n",
+        )]);
+        assert!(matches!(
+            Trust::from_data(&bad_ca),
+            Err(TrustError::Ca { .. })
+        ));
     }
 }

@@ -65,7 +65,8 @@ impl ChainVerifier {
             return Err(CertError::NoCertificates);
         }
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
+        let inner =
+            WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider).build()?;
         Ok(Self { inner, anchors })
     }
 
@@ -125,8 +126,17 @@ pub(crate) mod testpki {
 
     fn dn(cn: &str, orgs: &[&str]) -> DistinguishedName {
         let mut dn = DistinguishedName::new();
-        for o in orgs {
+        // rcgen keeps one value per attribute type; a second O goes in under the same OID
+        // spelled as a custom type, which encodes identically.
+        assert!(
+            orgs.len() <= 2,
+            "test certificates carry at most two organizations"
+        );
+        if let Some(o) = orgs.first() {
             dn.push(DnType::OrganizationName, *o);
+        }
+        if let Some(o) = orgs.get(1) {
+            dn.push(DnType::CustomDnType(vec![2, 5, 4, 10]), *o);
         }
         dn.push(DnType::CommonName, cn);
         dn
@@ -136,7 +146,10 @@ pub(crate) mod testpki {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
         params.distinguished_name = dn(cn, &[]);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
         params
     }
 
@@ -175,7 +188,11 @@ pub(crate) mod testpki {
             params.distinguished_name = dn(cn, orgs);
             params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
             params.extended_key_usages = vec![usage];
-            params.signed_by(&key, &self.issuer).expect("sign").der().clone()
+            params
+                .signed_by(&key, &self.issuer)
+                .expect("sign")
+                .der()
+                .clone()
         }
 
         pub(crate) fn client(&self, cn: &str, orgs: &[&str]) -> CertificateDer<'static> {
@@ -215,7 +232,9 @@ mod tests {
             v.verify(std::slice::from_ref(&leaf), now()),
             Err(CertError::Chain(_))
         ));
-        let s = v.verify(&[leaf.clone(), mid.der.clone()], now()).expect("verifies");
+        let s = v
+            .verify(&[leaf.clone(), mid.der.clone()], now())
+            .expect("verifies");
         assert_eq!(s.common_name, "front-proxy-client");
         assert!(root.verify(&[leaf, mid.der.clone()], now()).is_err());
     }
@@ -227,10 +246,16 @@ mod tests {
         let v = ChainVerifier::from_pem(ca.pem.as_bytes()).expect("verifier");
         assert!(v.verify(&[other.client("alice", &[])], now()).is_err());
         let server = ca.leaf("alice", &[], rcgen::ExtendedKeyUsagePurpose::ServerAuth);
-        assert!(v.verify(&[server], now()).is_err(), "server-only usage must not authenticate a client");
+        assert!(
+            v.verify(&[server], now()).is_err(),
+            "server-only usage must not authenticate a client"
+        );
         // The CA certificate itself presented as a leaf.
-        assert!(v.verify(&[other.der.clone()], now()).is_err());
-        assert!(matches!(v.verify(&[], now()), Err(CertError::NoPeerCertificate)));
+        assert!(v.verify(std::slice::from_ref(&other.der), now()).is_err());
+        assert!(matches!(
+            v.verify(&[], now()),
+            Err(CertError::NoPeerCertificate)
+        ));
     }
 
     #[test]
@@ -255,7 +280,13 @@ mod tests {
 
     #[test]
     fn empty_or_garbage_bundles_are_errors() {
-        assert!(matches!(ChainVerifier::from_pem(b""), Err(CertError::NoCertificates)));
-        assert!(ChainVerifier::from_pem(b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n").is_err());
+        assert!(matches!(
+            ChainVerifier::from_pem(b""),
+            Err(CertError::NoCertificates)
+        ));
+        assert!(ChainVerifier::from_pem(
+            b"-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n"
+        )
+        .is_err());
     }
 }
