@@ -883,3 +883,74 @@ fn table_and_metadata_negotiation() {
     assert_eq!(first["type"], "ADDED");
     assert_eq!(first["object"]["kind"], "PartialObjectMetadata");
 }
+
+#[test]
+fn kube_rs_watcher_sees_creates_and_deletes() {
+    use coredump_openapi::Coredump;
+    use futures::StreamExt;
+    use kube::runtime::watcher;
+
+    let ns = env().namespace("api-kube-rs").expect("ns");
+    let k = env().kubectl();
+    create(&k, &coredump(&ns, "pre", "web", "node-a"));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&env().cp.endpoints.kubeconfig)
+            .expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .expect("config");
+        let client = kube::Client::try_from(config).expect("client");
+        let api: kube::Api<Coredump> = kube::Api::namespaced(client, &ns);
+        let mut events = watcher(api, watcher::Config::default()).boxed();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut deleted = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut created_live = false;
+        while !(seen.contains("pre") && seen.contains("live") && deleted) {
+            let ev = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .expect("watcher events in time")
+                .expect("stream open")
+                .expect("watcher event");
+            match ev {
+                watcher::Event::Apply(cd) | watcher::Event::InitApply(cd) => {
+                    seen.insert(cd.metadata.name.clone().unwrap_or_default());
+                }
+                watcher::Event::Delete(cd) => {
+                    deleted |= cd.metadata.name.as_deref() == Some("live");
+                }
+                watcher::Event::InitDone => {}
+                watcher::Event::Init => {}
+            }
+            if seen.contains("pre") && !created_live {
+                created_live = true;
+                create(&k, &coredump(&ns, "live", "web", "node-a"));
+            }
+            if seen.contains("live") && !deleted {
+                k.ok(&["delete", "coredump", "live", "-n", &ns, "--wait=false"])
+                    .expect("delete");
+            }
+        }
+    });
+}
+
+#[test]
+fn deleting_a_namespace_removes_its_coredumps() {
+    let ns = env().namespace("api-nsdel").expect("ns");
+    let k = env().kubectl();
+    create(&k, &coredump(&ns, "x", "web", "node-a"));
+    create(&k, &coredump(&ns, "y", "web", "node-a"));
+    // The namespace controller finds coredumps through discovery and deletes them with
+    // the metadata client before the namespace goes.
+    k.ok(&["delete", "namespace", &ns, "--timeout=60s"])
+        .expect("namespace deletion completes");
+    let left = admin_curl()
+        .get(&format!("{API}/namespaces/{ns}/coredumps"), &[])
+        .expect("curl")
+        .json();
+    assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
+}
