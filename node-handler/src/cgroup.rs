@@ -214,16 +214,19 @@ mod tests {
     const UID_: &str = "0b6e2b53_6a8e_4c3c_9d0e_1f2a3b4c5d6e";
     const CID: &str = "4f1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c";
 
+    /// (pod UID, container ID, runtime, QoS, driver)
+    type Want = (
+        &'static str,
+        Option<&'static str>,
+        Option<&'static str>,
+        QosClass,
+        Driver,
+    );
+
     struct Case {
         name: &'static str,
         path: String,
-        want: Option<(
-            &'static str,
-            Option<&'static str>,
-            Option<&'static str>,
-            QosClass,
-            Driver,
-        )>,
+        want: Option<Want>,
     }
 
     fn cases() -> Vec<Case> {

@@ -115,7 +115,8 @@ fn main() -> anyhow::Result<()> {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            if std::env::args().nth(1).as_deref() == Some("capture") {
+            // Help and version are "errors" too, but not worth a kernel log.
+            if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("capture") {
                 kmsg(&format!("bad arguments: {e}"));
             }
             e.exit();

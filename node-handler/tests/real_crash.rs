@@ -56,17 +56,20 @@ fn can_run(test: &str) -> bool {
 fn crasher() -> &'static Path {
     static CRASHER: OnceLock<PathBuf> = OnceLock::new();
     CRASHER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("nh-crasher-{}", std::process::id()));
-        fs::create_dir_all(&dir).expect("crasher dir");
+        // In cargo's scratch dir for integration tests; built under a
+        // private name and renamed, so concurrent runs never see half a file.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let tmp = dir.join(format!("crasher.{}.tmp", std::process::id()));
         let out = dir.join("crasher");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/crasher.c");
         let st = Command::new("gcc")
             .args(["-O0", "-g", "-o"])
-            .arg(&out)
+            .arg(&tmp)
             .arg(&src)
             .status()
             .expect("running gcc");
         assert!(st.success(), "gcc failed");
+        fs::rename(&tmp, &out).expect("rename crasher");
         out
     })
 }
