@@ -170,6 +170,9 @@ pub fn run<R: Read + AsFd>(
     input: &mut R,
     started: Instant,
 ) -> Outcome {
+    // A backstop before anything can block (even /proc reads), tightened
+    // below once capture.json is read.
+    set_hard_deadline(CaptureConfig::default().deadline_seconds);
     // /proc first: it is only guaranteed to be there while the crasher
     // waits for us, and it tells whether to read the core at all.
     let pidfd = kargs.pidfd.and_then(borrow_pidfd);
@@ -181,11 +184,7 @@ pub fn run<R: Read + AsFd>(
     });
     opts.overrides.apply(&mut cfg);
     let deadline = started + Duration::from_secs(cfg.deadline_seconds);
-    nix::unistd::alarm::set(
-        u32::try_from(cfg.deadline_seconds)
-            .unwrap_or(u32::MAX - HARD_DEADLINE_GRACE)
-            .saturating_add(HARD_DEADLINE_GRACE),
-    );
+    set_hard_deadline(cfg.deadline_seconds);
     let ctx = Ctx {
         spool,
         cfg,
@@ -565,6 +564,15 @@ fn crash_info(k: &KernelArgs, proc: Option<&ProcInfo>) -> CrashInfo {
         cgroups,
         proc_verified: proc.is_some_and(|p| p.pidfd_matches || p.core_dumping),
     }
+}
+
+/// SIGALRM's default action ends the handler: the one bound that also
+/// holds when a syscall is stuck.
+fn set_hard_deadline(seconds: u64) {
+    let secs = u32::try_from(seconds)
+        .unwrap_or(u32::MAX)
+        .saturating_add(HARD_DEADLINE_GRACE);
+    nix::unistd::alarm::set(secs);
 }
 
 /// The kernel's pidfd at `fd`, if that fd is open.

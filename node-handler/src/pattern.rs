@@ -120,7 +120,7 @@ impl Pattern {
 }
 
 /// Values for the specifiers of a previous handler. Supported: `%% %p %P %i
-/// %I %u %g %d %s %t %h %e %E %c %C %F`; `%p`, `%i`, `%h` and `%C` come from
+/// %I %u %g %d %s %t %h %e %f %E %c %C %F`; `%p`, `%i`, `%h` and `%C` come from
 /// /proc (and may be empty when it could not be read). Unknown specifiers
 /// expand to nothing, as in the kernel.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -174,6 +174,7 @@ pub fn expand(template: &str, v: &SpecifierValues) -> String {
             Some('h') => out.push_str(&escaped(v.hostname.as_deref().unwrap_or(""))),
             Some('e') => out.push_str(&escaped(&v.comm)),
             Some('E') => out.push_str(&escaped(&v.exe)),
+            Some('f') => out.push_str(&escaped(v.exe.rsplit('/').next().unwrap_or(""))),
             Some('c') => out.push_str(&v.rlimit_core.to_string()),
             Some('C') => out.push_str(&v.cpu.map(|c| c.to_string()).unwrap_or_default()),
             Some('F') => out.push_str(&opt(v.pidfd)),
@@ -310,6 +311,7 @@ mod tests {
         assert_eq!(expand("-p%p", &v), "-p7");
         assert_eq!(expand("%i/%I", &v), "8/4243");
         assert_eq!(expand("%E", &v), "!usr!bin!prog");
+        assert_eq!(expand("%f", &v), "prog");
         assert_eq!(expand("%e", &v), "my prog");
         assert_eq!(expand("core.%e.%p.%C", &v), "core.my prog.7.1");
         assert_eq!(expand("100%%", &v), "100%");

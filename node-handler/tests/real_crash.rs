@@ -123,27 +123,36 @@ impl Env {
         cfg.store(&self.spool.config_path()).expect("capture.json");
     }
 
-    /// Entries + drop records once there are `n` of them in all.
-    fn wait_outcomes(&self, n: usize) -> (Vec<SpoolEntry>, Vec<DropRecord>) {
+    /// Entries and drop records of the crashes of `pids`, once each has one.
+    /// Crashes of other processes on the machine while our pattern is
+    /// installed land in the spool too; they are left out.
+    fn wait_outcomes(&self, pids: &[u32]) -> (Vec<SpoolEntry>, Vec<DropRecord>) {
+        let ours = |pid: i32| pids.iter().any(|&p| p as i32 == pid);
         let t = Instant::now();
         loop {
-            let entries = self.spool.list_entries().expect("list");
-            let drops = self.spool.list_drops().expect("drops");
-            if entries.len() + drops.len() >= n {
-                return (
-                    entries
-                        .iter()
-                        .map(|id| self.spool.read_entry(id).expect("entry"))
-                        .collect(),
-                    drops
-                        .iter()
-                        .map(|id| self.spool.read_drop(id).expect("drop"))
-                        .collect(),
-                );
+            let entries: Vec<SpoolEntry> = self
+                .spool
+                .list_entries()
+                .expect("list")
+                .iter()
+                .map(|id| self.spool.read_entry(id).expect("entry"))
+                .filter(|e| ours(e.crash.host_pid))
+                .collect();
+            let drops: Vec<DropRecord> = self
+                .spool
+                .list_drops()
+                .expect("drops")
+                .iter()
+                .map(|id| self.spool.read_drop(id).expect("drop"))
+                .filter(|d| ours(d.crash.host_pid))
+                .collect();
+            if entries.len() + drops.len() >= pids.len() {
+                return (entries, drops);
             }
             assert!(
                 t.elapsed() < WAIT,
-                "waited {WAIT:?} for {n} outcomes, have {} entries and {} drops; log:\n{}",
+                "waited {WAIT:?} for {} outcomes, have {} entries and {} drops; log:\n{}",
+                pids.len(),
                 entries.len(),
                 drops.len(),
                 fs::read_to_string(self.spool.log_path()).unwrap_or_default()
@@ -369,7 +378,7 @@ fn pod_crash_is_stored_attributed_and_matches_a_kernel_core() {
         c.status.core_dumped(),
         "the kernel reports the core as dumped"
     );
-    let (entries, drops) = env.wait_outcomes(1);
+    let (entries, drops) = env.wait_outcomes(&[c.pid]);
     assert!(drops.is_empty(), "{drops:?}");
     let e = &entries[0];
     eprintln!("{}", serde_json::to_string_pretty(e).expect("json"));
@@ -477,7 +486,7 @@ fn cgroupfs_v1_hierarchy_is_attributed() {
         &format!("kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"),
     );
     let c = crash("abort", 1, "unlimited", &[cg.procs()], None);
-    let (entries, _) = env.wait_outcomes(1);
+    let (entries, _) = env.wait_outcomes(&[c.pid]);
     let e = &entries[0];
     assert_eq!(e.crash.host_pid, c.pid as i32);
     assert_eq!(e.crash.signal_name.as_deref(), Some("SIGABRT"));
@@ -498,7 +507,7 @@ fn opted_out_pod_leaves_no_core() {
     o.store(&env.spool.optout_path()).expect("optout.json");
     let cg = systemd_pod_cgroup(CONTAINER_ID);
     let c = crash("segv", 64, "unlimited", &[cg.procs()], None);
-    let (entries, drops) = env.wait_outcomes(1);
+    let (entries, drops) = env.wait_outcomes(&[c.pid]);
     assert!(entries.is_empty());
     assert_eq!(drops[0].reason, DropReason::OptedOut);
     assert_eq!(drops[0].crash.host_pid, c.pid as i32);
@@ -548,7 +557,7 @@ fn host_process_goes_to_the_previous_pipe_handler() {
 
     // Not in any pod cgroup.
     let c = crash("segv", 1, "unlimited", &[], None);
-    let (entries, drops) = env.wait_outcomes(1);
+    let (entries, drops) = env.wait_outcomes(&[c.pid]);
     assert!(entries.is_empty());
     let d = &drops[0];
     assert_eq!(d.reason, DropReason::NotAContainer);
@@ -603,7 +612,7 @@ fn host_process_with_a_file_pattern_before_is_dropped() {
         .expect("file pattern");
     env.install();
     let c = crash("segv", 1, "unlimited", &[], None);
-    let (_, drops) = env.wait_outcomes(1);
+    let (_, drops) = env.wait_outcomes(&[c.pid]);
     assert_eq!(drops[0].reason, DropReason::NotAContainer);
     assert_eq!(drops[0].crash.host_pid, c.pid as i32);
     assert!(
@@ -622,15 +631,15 @@ fn rlimit_core_zero_means_no_core_and_small_limits_truncate() {
     let env = Env::new();
     env.install();
     let cg = systemd_pod_cgroup(CONTAINER_ID);
-    crash("segv", 1, "0", &[cg.procs()], None);
-    let (entries, drops) = env.wait_outcomes(1);
+    let c0 = crash("segv", 1, "0", &[cg.procs()], None);
+    let (entries, drops) = env.wait_outcomes(&[c0.pid]);
     assert!(entries.is_empty());
     assert_eq!(drops[0].reason, DropReason::RlimitZero);
     assert_eq!(drops[0].crash.rlimit_core, 0);
 
     // RLIMIT_CORE of 2 MiB on an 8 MiB process: cut like a file dump.
-    crash("segv", 8, &(2u64 << 20).to_string(), &[cg.procs()], None);
-    let (entries, _) = env.wait_outcomes(2);
+    let c1 = crash("segv", 8, &(2u64 << 20).to_string(), &[cg.procs()], None);
+    let (entries, _) = env.wait_outcomes(&[c0.pid, c1.pid]);
     let e = &entries[0];
     assert!(e.truncated);
     assert_eq!(e.truncated_by.as_deref(), Some("rlimitCore"));
@@ -649,7 +658,7 @@ fn max_core_size_truncates_and_full_spool_drops() {
     env.config(|c| c.max_core_bytes = 1 << 20);
     let cg = systemd_pod_cgroup(CONTAINER_ID);
     let c = crash("segv", 8, "unlimited", &[cg.procs()], None);
-    let (entries, _) = env.wait_outcomes(1);
+    let (entries, _) = env.wait_outcomes(&[c.pid]);
     let e = &entries[0];
     assert!(e.truncated);
     assert_eq!(e.truncated_by.as_deref(), Some("maxCoreBytes"));
@@ -666,8 +675,8 @@ fn max_core_size_truncates_and_full_spool_drops() {
 
     // The spool now holds more than a 1-byte limit: the next is refused.
     env.config(|c| c.spool_max_bytes = 1);
-    crash("segv", 1, "unlimited", &[cg.procs()], None);
-    let (_, drops) = env.wait_outcomes(2);
+    let c2 = crash("segv", 1, "unlimited", &[cg.procs()], None);
+    let (_, drops) = env.wait_outcomes(&[c.pid, c2.pid]);
     assert_eq!(drops[0].reason, DropReason::SpoolFull);
 }
 
@@ -685,6 +694,7 @@ fn crash_loop_stays_within_the_rate_limit() {
     let root = cgroup2_root().expect("cgroup v2");
     let uid_ = POD_UID.replace('-', "_");
     let t = Instant::now();
+    let mut pids = Vec::new();
     for i in 0..50u32 {
         // Each restart of a container gets a new ID: the limit is per pod.
         let cid = format!("{:064x}", 0xc0ffee00u64 + u64::from(i));
@@ -692,9 +702,9 @@ fn crash_loop_stays_within_the_rate_limit() {
             &root,
             &format!("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{uid_}.slice/cri-containerd-{cid}.scope"),
         );
-        crash("segv", 0, "unlimited", &[cg.procs()], None);
+        pids.push(crash("segv", 0, "unlimited", &[cg.procs()], None).pid);
     }
-    let (entries, drops) = env.wait_outcomes(50);
+    let (entries, drops) = env.wait_outcomes(&pids);
     eprintln!(
         "50 crashes in {:?}: {} stored, {} dropped",
         t.elapsed(),
@@ -715,7 +725,7 @@ fn handler_memory_stays_flat_for_a_512_mib_core() {
     env.install();
     let cg = systemd_pod_cgroup(CONTAINER_ID);
     let c = crash("segv", 512, "unlimited", &[cg.procs()], None);
-    let (entries, _) = env.wait_outcomes(1);
+    let (entries, _) = env.wait_outcomes(&[c.pid]);
     let e = &entries[0];
     assert!(e.raw_size > 512 << 20);
     let secs = e
