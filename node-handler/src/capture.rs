@@ -721,7 +721,8 @@ pub fn stream_core<R: Read + AsFd>(
     let mut hit_cap = false;
     loop {
         if raw >= lim.cap {
-            hit_cap = true;
+            // A core of exactly `cap` bytes is complete, not truncated.
+            hit_cap = !at_eof(input, lim.deadline, raw)?;
             break;
         }
         let want = (lim.cap - raw).min(buf.len() as u64) as usize;
@@ -762,6 +763,27 @@ pub fn stream_core<R: Read + AsFd>(
         },
         counting.file,
     ))
+}
+
+/// Whether `input` has nothing more to give (reads at most one byte).
+fn at_eof<R: Read + AsFd>(input: &mut R, deadline: Instant, raw: u64) -> Result<bool, StreamError> {
+    let mut one = [0u8; 1];
+    loop {
+        match input.read(&mut one) {
+            Ok(n) => return Ok(n == 0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                wait_readable(input.as_fd(), deadline, raw)?
+            }
+            Err(e) => {
+                return Err(StreamError::Io {
+                    raw,
+                    op: "read",
+                    source: e,
+                })
+            }
+        }
+    }
 }
 
 fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant, raw: u64) -> Result<(), StreamError> {
@@ -887,6 +909,19 @@ mod tests {
         assert!(s.hit_cap);
         assert_eq!(s.raw, 10_000);
         assert_eq!(s.sha256, <[u8; 32]>::from(Sha256::digest(&data[..10_000])));
+
+        // Exactly at the cap: complete, not truncated.
+        let exact = dir.path().join("exact");
+        std::fs::write(&exact, &data[..10_000]).unwrap();
+        let out = File::create(dir.path().join("exact.zst")).unwrap();
+        let (s, _) = stream_core(
+            &mut File::open(&exact).unwrap(),
+            out,
+            &limits(10_000, u64::MAX),
+        )
+        .unwrap();
+        assert!(!s.hit_cap);
+        assert_eq!(s.raw, 10_000);
 
         let out = File::create(dir.path().join("full")).unwrap();
         let e =
