@@ -39,6 +39,32 @@ pub struct Args {
     #[arg(long, env = "COREDUMP_REVISION_LOG_SIZE", default_value_t = 100_000)]
     pub revision_log_size: usize,
 
+    /// Limit on stored core bytes (a quantity, e.g. 10Gi) for namespaces without a
+    /// CoredumpQuota; unset: no limit.
+    #[arg(long, env = "COREDUMP_DEFAULT_QUOTA_STORAGE")]
+    pub default_quota_storage: Option<String>,
+
+    /// Limit on the number of stored cores for namespaces without a CoredumpQuota.
+    #[arg(long, env = "COREDUMP_DEFAULT_QUOTA_COUNT")]
+    pub default_quota_count: Option<u64>,
+
+    /// Rejected (over-quota) records kept per namespace; the oldest goes first.
+    #[arg(
+        long,
+        env = "COREDUMP_MAX_REJECTED_PER_NAMESPACE",
+        default_value_t = 100
+    )]
+    pub max_rejected_per_namespace: usize,
+
+    /// How long a Pending coredump waits for its upload before it becomes Failed and its
+    /// reservation is freed (a Go-style duration).
+    #[arg(long, env = "COREDUMP_PENDING_TIMEOUT", default_value = "15m")]
+    pub pending_timeout: String,
+
+    /// How often pending uploads and retention (CoredumpQuota maxAge) are checked.
+    #[arg(long, env = "COREDUMP_MAINTENANCE_INTERVAL", default_value = "30s")]
+    pub maintenance_interval: String,
+
     /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

@@ -1,10 +1,13 @@
 //! The coredump.io extension API server: serves `coredumps` and `coredumpquotas` to
 //! kube-apiserver's aggregator and to direct clients.
 
+pub mod admission;
 pub mod auth;
+pub mod blobs;
 pub mod config;
 pub mod error;
 pub mod http;
+pub mod maintenance;
 pub mod metrics;
 pub mod registry;
 pub mod serve;
@@ -28,11 +31,31 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("core storage: {0}")]
+    Blobs(#[from] blobs::BlobError),
+    #[error("invalid flag {flag}: {message}")]
+    Flag { flag: &'static str, message: String },
     #[error("listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
         source: std::io::Error,
     },
+}
+
+/// The server-wide quota for namespaces without a CoredumpQuota.
+fn default_quota(args: &Args) -> Result<std::collections::BTreeMap<String, u64>, StartError> {
+    let mut hard = std::collections::BTreeMap::new();
+    if let Some(s) = &args.default_quota_storage {
+        let bytes = coredump_openapi::types::parse_bytes(s).map_err(|e| StartError::Flag {
+            flag: "--default-quota-storage",
+            message: e.to_string(),
+        })?;
+        hard.insert(coredump_openapi::types::QUOTA_STORAGE.to_string(), bytes);
+    }
+    if let Some(n) = args.default_quota_count {
+        hard.insert(coredump_openapi::types::QUOTA_COUNT.to_string(), n);
+    }
+    Ok(hard)
 }
 
 /// Runs the server until `shutdown` resolves.
@@ -66,12 +89,37 @@ pub async fn run(
         Arc::clone(&store),
         kinds.iter().map(|k| k.info().plural).collect(),
     )?);
+    let blobs: Arc<dyn blobs::BlobStore> =
+        Arc::new(blobs::FsBlobs::new(&args.data_dir.join("cores"))?);
+    let admission = admission::QuotaAdmission {
+        blobs: Arc::clone(&blobs),
+        default_hard: default_quota(&args)?,
+        max_rejected: args.max_rejected_per_namespace,
+    };
     let registry = Arc::new(registry::Registry::new(
         Arc::clone(&store),
         kinds,
-        Arc::new(registry::NoAdmission),
+        Arc::new(admission),
     ));
-    let app = http::router(http::AppState { registry, metrics });
+    let duration = |flag: &'static str, value: &str| {
+        coredump_openapi::types::parse_duration(value).map_err(|e| StartError::Flag {
+            flag,
+            message: e.to_string(),
+        })
+    };
+    maintenance::Maintenance {
+        registry: Arc::clone(&registry),
+        blobs: Arc::clone(&blobs),
+        pending_timeout: duration("--pending-timeout", &args.pending_timeout)?,
+    }
+    .spawn(
+        duration("--maintenance-interval", &args.maintenance_interval)?.max(Duration::from_secs(1)),
+    );
+    let app = http::router(http::AppState {
+        registry,
+        metrics,
+        blobs,
+    });
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await

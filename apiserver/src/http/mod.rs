@@ -15,6 +15,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use tracing::Instrument;
 
+use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
@@ -24,6 +25,7 @@ use reqinfo::{RequestInfo, API_PREFIX};
 pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
+    pub blobs: Arc<dyn BlobStore>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -78,6 +78,9 @@ pub trait Admission: Send + Sync {
     ) -> Result<(), ApiError> {
         Ok(())
     }
+    /// After a transaction is durable: side effects outside the store (e.g. removing the
+    /// files of deleted objects).
+    fn committed(&self, _events: &[Arc<Event>]) {}
 }
 
 /// No admission beyond validation.
@@ -153,6 +156,16 @@ impl Registry {
             kinds,
             admission,
         }
+    }
+
+    /// A store transaction followed by admission's post-commit hook.
+    pub async fn commit<T>(
+        &self,
+        f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError>,
+    ) -> Result<(T, Vec<Arc<Event>>), ApiError> {
+        let (value, events) = self.store.transact(f).await?;
+        self.admission.committed(&events);
+        Ok((value, events))
     }
 
     pub fn kind(&self, resource: &str) -> Option<Arc<dyn Kind>> {
@@ -350,8 +363,7 @@ impl Registry {
         let admission = Arc::clone(&self.admission);
         let ctx_ref: &Ctx = ctx;
         let (created, _) = self
-            .store
-            .transact(|tx| {
+            .commit(|tx| {
                 if tx.get(&key)?.is_some() {
                     return Err(ApiError::already_exists(target(kind, &name)));
                 }
@@ -448,8 +460,7 @@ impl Registry {
         let key = Key::new(kind.info().plural, ns, name);
         let admission = Arc::clone(&self.admission);
         let (result, _) = self
-            .store
-            .transact(|tx| {
+            .commit(|tx| {
                 let current = tx.get(&key)?.ok_or_else(|| ApiError::not_found(target(kind, name)))?;
                 let requested = make(&current)?;
                 let mut new = merge_update(kind, &current, requested.clone(), status_only);
@@ -509,8 +520,7 @@ impl Registry {
         let key = Key::new(kind.info().plural, ns, name);
         let admission = Arc::clone(&self.admission);
         let ((code, obj), events) = self
-            .store
-            .transact(|tx| {
+            .commit(|tx| {
                 let current = tx.get(&key)?.ok_or_else(|| ApiError::not_found(target(kind, name)))?;
                 if let Some(uid) = pre.uid.as_deref().filter(|s| !s.is_empty()) {
                     if Some(uid) != current.pointer("/metadata/uid").and_then(Value::as_str) {
