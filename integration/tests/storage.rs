@@ -1,0 +1,505 @@
+//! Cores stored within quota: admission, upload checks, downloads through the aggregator
+//! and directly, ranges, delete, namespace deletion, and flat server memory.
+
+use std::sync::Arc;
+
+use coredump_integration::curl::{Credential, Curl, Reply};
+use coredump_integration::env::TestEnv;
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const API: &str = "/apis/coredump.io/v1alpha1";
+
+fn env() -> &'static TestEnv {
+    TestEnv::shared()
+}
+
+/// The extension server directly, as the cluster admin (client certificate).
+fn direct() -> Curl {
+    let ep = &env().cp.endpoints;
+    let server = env().server();
+    Curl {
+        base: server.url.clone(),
+        ca: server.ca_cert.clone(),
+        cred: Credential::Cert {
+            cert: ep.dir.join("pki/admin.crt"),
+            key: ep.dir.join("pki/admin.key"),
+        },
+    }
+}
+
+/// A core-like body: zero pages, random bytes and repeated text.
+fn core_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        match rng.random_range(0..3) {
+            0 => out.extend(std::iter::repeat_n(0u8, 4096)),
+            1 => out.extend((0..4096).map(|_| rng.random::<u8>())),
+            _ => out.extend(
+                b"stack frame 0x7ffd: main -> crash_here -> abort "
+                    .iter()
+                    .cycle()
+                    .take(4096),
+            ),
+        }
+    }
+    out.truncate(len);
+    out
+}
+
+struct Core {
+    raw: Vec<u8>,
+    zst: Vec<u8>,
+    sha: String,
+}
+
+fn make_core(len: usize, seed: u64) -> Core {
+    let raw = core_bytes(len, seed);
+    let zst = zstd::encode_all(&raw[..], 3).expect("compress");
+    let sha = hex::encode(Sha256::digest(&raw));
+    Core { raw, zst, sha }
+}
+
+fn coredump(ns: &str, name: &str, size: u64, stored: u64, sha: &str) -> Value {
+    json!({
+        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": "node-a", "podName": "web", "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "containerName": "main", "signal": 6, "signalName": "SIGABRT",
+            "dumpTime": "2026-11-25T09:00:00Z",
+            "size": size.to_string(), "storedSize": stored.to_string(), "sha256": sha
+        }
+    })
+}
+
+fn post(c: &Curl, ns: &str, resource: &str, obj: &Value) -> Reply {
+    c.request(
+        "POST",
+        &format!("{API}/namespaces/{ns}/{resource}"),
+        &[("Content-Type", "application/json")],
+        Some(&serde_json::to_vec(obj).expect("json")),
+    )
+    .expect("curl")
+}
+
+fn upload(c: &Curl, ns: &str, name: &str, body: &[u8]) -> Reply {
+    c.request(
+        "PUT",
+        &format!("{API}/namespaces/{ns}/coredumps/{name}/upload"),
+        &[("Content-Type", "application/zstd")],
+        Some(body),
+    )
+    .expect("curl")
+}
+
+fn quota(ns: &str, hard: Value) -> Value {
+    json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+           "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": hard}})
+}
+
+fn used(c: &Curl, ns: &str) -> Value {
+    c.get(&format!("{API}/namespaces/{ns}/coredumpquotas/quota"), &[])
+        .expect("curl")
+        .json()["status"]["used"]
+        .clone()
+}
+
+fn phase(c: &Curl, ns: &str, name: &str) -> Value {
+    let o = c
+        .get(&format!("{API}/namespaces/{ns}/coredumps/{name}"), &[])
+        .expect("curl")
+        .json();
+    json!([o["status"]["phase"], o["status"]["reason"]])
+}
+
+fn cores_dir() -> std::path::PathBuf {
+    env().server().dir.join("data/cores")
+}
+
+fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.path().is_dir() {
+                out.extend(files_under(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
+    let ns = env().namespace("st-quota").expect("ns");
+    let c = direct();
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumpquotas",
+            &quota(&ns, json!({"storage": "1Mi"}))
+        )
+        .status,
+        201
+    );
+    let sha = "a".repeat(64);
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "first", 2 << 20, 600 << 10, &sha)
+        )
+        .status,
+        201
+    );
+    assert_eq!(phase(&c, &ns, "first"), json!(["Pending", null]));
+    assert_eq!(used(&c, &ns), json!({"storage": "600Ki", "count": "1"}));
+    let r = post(
+        &c,
+        &ns,
+        "coredumps",
+        &coredump(&ns, "second", 2 << 20, 600 << 10, &sha),
+    );
+    assert_eq!(r.status, 201, "over quota is still recorded: {}", r.text());
+    assert_eq!(
+        phase(&c, &ns, "second"),
+        json!(["Rejected", "QuotaExceeded"])
+    );
+    assert_eq!(used(&c, &ns), json!({"storage": "600Ki", "count": "1"}));
+    // kubectl shows it as a user would look.
+    let k = env().kubectl();
+    let table = k.ok(&["get", "coredumpquotas", "-n", &ns]).expect("get");
+    assert!(
+        table.contains("600Ki/1Mi") && table.contains("1/-"),
+        "{table}"
+    );
+    let cds = k.ok(&["get", "coredumps", "-n", &ns]).expect("get");
+    assert!(
+        cds.lines()
+            .any(|l| l.starts_with("second") && l.contains("Rejected")),
+        "{cds}"
+    );
+    // A rejected core is never accepted.
+    let r = upload(&c, &ns, "second", b"x");
+    assert_eq!(r.status, 409, "{}", r.text());
+    // Delete frees exactly what was used.
+    assert_eq!(
+        c.request(
+            "DELETE",
+            &format!("{API}/namespaces/{ns}/coredumps/first"),
+            &[],
+            None
+        )
+        .expect("curl")
+        .status,
+        200
+    );
+    assert_eq!(used(&c, &ns), json!({"storage": "0", "count": "0"}));
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "third", 2 << 20, 1 << 20, &sha)
+        )
+        .status,
+        201
+    );
+    assert_eq!(phase(&c, &ns, "third"), json!(["Pending", null]));
+}
+
+#[test]
+fn parallel_creates_never_exceed_the_quota() {
+    let ns = env().namespace("st-parallel").expect("ns");
+    let c = direct();
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumpquotas",
+            &quota(&ns, json!({"count": "10"}))
+        )
+        .status,
+        201
+    );
+    let sha = Arc::new("b".repeat(64));
+    let threads: Vec<_> = (0..50)
+        .map(|i| {
+            let (c, ns, sha) = (c.clone(), ns.clone(), Arc::clone(&sha));
+            std::thread::spawn(move || {
+                post(
+                    &c,
+                    &ns,
+                    "coredumps",
+                    &coredump(&ns, &format!("c{i}"), 100, 10, &sha),
+                )
+                .status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().expect("thread"), 201);
+    }
+    let list = c
+        .get(&format!("{API}/namespaces/{ns}/coredumps"), &[])
+        .expect("curl")
+        .json();
+    let phases: Vec<&str> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|i| i["status"]["phase"].as_str())
+        .collect();
+    assert_eq!(phases.len(), 50);
+    assert_eq!(phases.iter().filter(|p| **p == "Pending").count(), 10);
+    assert_eq!(phases.iter().filter(|p| **p == "Rejected").count(), 40);
+    assert_eq!(used(&c, &ns)["count"], "10");
+}
+
+#[test]
+fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() {
+    let ns = env().namespace("st-roundtrip").expect("ns");
+    let c = direct();
+    let core = make_core(3 << 20, 7);
+    let (size, stored) = (core.raw.len() as u64, core.zst.len() as u64);
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "rt", size, stored, &core.sha)
+        )
+        .status,
+        201
+    );
+    // Not stored yet: nothing to download.
+    assert_eq!(
+        c.get(&format!("{API}/namespaces/{ns}/coredumps/rt/download"), &[])
+            .expect("curl")
+            .status,
+        409
+    );
+
+    // Mismatches are 422 and keep nothing.
+    let mut wrong = core.zst.clone();
+    wrong.truncate(wrong.len() - 10);
+    let r = upload(&c, &ns, "rt", &wrong);
+    assert_eq!(
+        (r.status, r.json()["reason"].clone()),
+        (422, json!("Invalid")),
+        "{}",
+        r.text()
+    );
+    let other = make_core(3 << 20, 8);
+    let mut same_len = zstd::encode_all(&other.raw[..], 3).expect("compress");
+    same_len.resize(core.zst.len(), 0);
+    let r = upload(&c, &ns, "rt", &same_len);
+    assert_eq!(r.status, 422, "{}", r.text());
+    assert_eq!(phase(&c, &ns, "rt"), json!(["Pending", null]));
+    assert!(
+        files_under(&cores_dir().join(&ns)).is_empty(),
+        "nothing kept after a bad upload"
+    );
+
+    let r = upload(&c, &ns, "rt", &core.zst);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"]["phase"], "Stored");
+    assert!(r.json()["status"]["storedAt"].is_string());
+    assert_eq!(
+        upload(&c, &ns, "rt", &core.zst).status,
+        409,
+        "a second upload is refused"
+    );
+
+    // Direct, with the headers a user needs.
+    let d = c
+        .get(&format!("{API}/namespaces/{ns}/coredumps/rt/download"), &[])
+        .expect("curl");
+    assert_eq!(d.status, 200);
+    assert_eq!(hex::encode(Sha256::digest(&d.body)), core.sha);
+    assert_eq!(d.header("Content-Length"), Some(size.to_string().as_str()));
+    assert!(d
+        .header("Content-Disposition")
+        .is_some_and(|v| v.contains("rt.core")));
+    let z = c
+        .get(
+            &format!("{API}/namespaces/{ns}/coredumps/rt/download?compressed=true"),
+            &[],
+        )
+        .expect("curl");
+    assert_eq!(z.body, core.zst);
+    let part = c
+        .get(
+            &format!("{API}/namespaces/{ns}/coredumps/rt/download"),
+            &[("Range", "bytes=1000-1999")],
+        )
+        .expect("curl");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, core.raw[1000..2000]);
+    assert_eq!(
+        part.header("Content-Range"),
+        Some(format!("bytes 1000-1999/{size}").as_str())
+    );
+
+    // Through the aggregator with kubectl, whole and in pieces.
+    let k = env().kubectl();
+    let path = format!("{API}/namespaces/{ns}/coredumps/rt/download");
+    let whole = k
+        .command()
+        .args(["get", "--raw", &path])
+        .output()
+        .expect("kubectl");
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    assert_eq!(hex::encode(Sha256::digest(&whole.stdout)), core.sha);
+    let mut pieces = Vec::new();
+    let window = 1 << 20;
+    let mut offset = 0;
+    while offset < size {
+        let out = k
+            .command()
+            .args([
+                "get",
+                "--raw",
+                &format!("{path}?offset={offset}&length={window}"),
+            ])
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        offset += out.stdout.len() as u64;
+        pieces.extend(out.stdout);
+    }
+    assert_eq!(hex::encode(Sha256::digest(&pieces)), core.sha);
+}
+
+#[test]
+fn deleting_the_namespace_removes_its_cores_from_disk() {
+    let ns = env().namespace("st-nsdel").expect("ns");
+    let c = direct();
+    let core = make_core(200 << 10, 9);
+    let obj = coredump(
+        &ns,
+        "gone",
+        core.raw.len() as u64,
+        core.zst.len() as u64,
+        &core.sha,
+    );
+    assert_eq!(post(&c, &ns, "coredumps", &obj).status, 201);
+    assert_eq!(upload(&c, &ns, "gone", &core.zst).status, 200);
+    assert_eq!(files_under(&cores_dir().join(&ns)).len(), 1);
+    env()
+        .kubectl()
+        .ok(&["delete", "namespace", &ns, "--timeout=60s"])
+        .expect("delete namespace");
+    assert!(
+        files_under(&cores_dir().join(&ns)).is_empty(),
+        "{:?}",
+        files_under(&cores_dir())
+    );
+}
+
+/// Peak resident memory of a process, from /proc.
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out() {
+    let ns = env().namespace("st-big").expect("ns");
+    let c = direct();
+    // 2 GiB raw: mostly zero pages with a random block every 64 MiB, compressed on the fly
+    // to a file so the test itself stays small in memory too.
+    let size: u64 = 2 << 30;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let zst_path = dir.path().join("core.zst");
+    let mut hasher = Sha256::new();
+    {
+        use std::io::Write;
+        let file = std::fs::File::create(&zst_path).expect("create");
+        let mut enc = zstd::stream::write::Encoder::new(file, 1).expect("encoder");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let zeros = vec![0u8; 1 << 20];
+        for mib in 0..(size >> 20) {
+            let chunk: Vec<u8> = if mib % 64 == 0 {
+                (0..1 << 20).map(|_| rng.random()).collect()
+            } else {
+                zeros.clone()
+            };
+            hasher.update(&chunk);
+            enc.write_all(&chunk).expect("write");
+        }
+        enc.finish().expect("finish");
+    }
+    let sha = hex::encode(hasher.finalize());
+    let stored = std::fs::metadata(&zst_path).expect("stat").len();
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "big", size, stored, &sha)
+        )
+        .status,
+        201
+    );
+    let pid = env().server().pid().expect("server pid");
+    let before = vm_hwm_kib(pid);
+
+    let zst = std::fs::read(&zst_path).expect("read");
+    assert_eq!(upload(&c, &ns, "big", &zst).status, 200);
+    drop(zst);
+    // Download the raw 2 GiB straight into sha256sum, never into this process's memory.
+    let ep = &env().cp.endpoints;
+    let server = env().server();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "curl -sS --fail --cacert {} --cert {} --key {} {}{API}/namespaces/{ns}/coredumps/big/download | sha256sum",
+            server.ca_cert.display(),
+            ep.dir.join("pki/admin.crt").display(),
+            ep.dir.join("pki/admin.key").display(),
+            server.url
+        ))
+        .output()
+        .expect("curl | sha256sum");
+    drop(server);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next(),
+        Some(sha.as_str())
+    );
+    let after = vm_hwm_kib(pid);
+    eprintln!("server VmHWM: {before} KiB before, {after} KiB after moving 2 GiB in and out");
+    assert!(
+        after < before + 128 * 1024,
+        "server peak memory grew by {} KiB while streaming a 2 GiB core",
+        after.saturating_sub(before)
+    );
+}
