@@ -12,6 +12,8 @@ use serde_json::{json, Value};
 const API: &str = "/apis/coredump.io/v1alpha1";
 /// Small, so that a few writes push old revisions out of the log.
 const LOG_SIZE: usize = 40;
+/// kube-apiserver's `--request-timeout` in this environment.
+const REQUEST_TIMEOUT_SECS: u64 = 2;
 
 /// The kill test takes the server down; the other test must not run meanwhile.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -20,9 +22,17 @@ fn env() -> &'static TestEnv {
     static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
         TestEnv::start_shared(
-            controlplane::Options::default(),
+            controlplane::Options {
+                // Short, so that a whole large download cannot fit in one request.
+                request_timeout: Duration::from_secs(REQUEST_TIMEOUT_SECS),
+                ..Default::default()
+            },
             extension::Options {
-                args: vec![format!("--revision-log-size={LOG_SIZE}")],
+                args: vec![
+                    format!("--revision-log-size={LOG_SIZE}"),
+                    "--maintenance-interval=1s".into(),
+                    "--pending-timeout=4s".into(),
+                ],
                 ..Default::default()
             },
         )
@@ -200,4 +210,242 @@ fn too_old_revisions_answer_410_inside_the_watch_stream_and_for_continue() {
         .ok(&["get", "--raw", &format!("{API}/namespaces/{ns}/coredumpquotas?watch=true&resourceVersion={rv}&timeoutSeconds=1")])
         .expect("watch");
     assert!(!out.contains("ERROR"), "{out}");
+}
+
+fn coredump(ns: &str, name: &str, size: u64, stored: u64, sha: &str) -> Value {
+    json!({
+        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "nodeName": "node-a", "podName": "web", "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
+            "containerName": "main", "signal": 6, "dumpTime": "2026-11-25T09:00:00Z",
+            "size": size.to_string(), "storedSize": stored.to_string(), "sha256": sha
+        }
+    })
+}
+
+fn post(c: &Curl, ns: &str, resource: &str, obj: &Value) -> u16 {
+    c.request(
+        "POST",
+        &format!("{API}/namespaces/{ns}/{resource}"),
+        &[("Content-Type", "application/json")],
+        Some(&serde_json::to_vec(obj).expect("json")),
+    )
+    .expect("curl")
+    .status
+}
+
+fn get(c: &Curl, path: &str) -> Value {
+    c.get(path, &[]).expect("curl").json()
+}
+
+/// Polls until `f` holds (maintenance runs every second here).
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{what} did not happen in time");
+}
+
+/// A 2 GiB raw core of zero pages with a random MiB every 64 MiB, as zstd in a file.
+fn big_core(dir: &std::path::Path) -> (std::path::PathBuf, u64, String) {
+    use rand::{Rng, SeedableRng};
+    use sha2::Digest;
+    use std::io::Write;
+    let size: u64 = 2 << 30;
+    let path = dir.join("core.zst");
+    let mut hasher = sha2::Sha256::new();
+    let file = std::fs::File::create(&path).expect("create");
+    let mut enc = zstd::stream::write::Encoder::new(file, 1).expect("encoder");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    let zeros = vec![0u8; 1 << 20];
+    for mib in 0..(size >> 20) {
+        let chunk: Vec<u8> = if mib % 64 == 0 {
+            (0..1 << 20).map(|_| rng.random()).collect()
+        } else {
+            zeros.clone()
+        };
+        hasher.update(&chunk);
+        enc.write_all(&chunk).expect("write");
+    }
+    enc.finish().expect("finish");
+    (path, size, hex::encode(hasher.finalize()))
+}
+
+#[test]
+fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = env().namespace("killup").expect("ns");
+    let c = direct();
+    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"storage": "1Gi"}}});
+    assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (zst, size, sha) = big_core(dir.path());
+    let stored = std::fs::metadata(&zst).expect("stat").len();
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "cut", size, stored, &sha)
+        ),
+        201
+    );
+    let used_before =
+        get(&c, &format!("{API}/namespaces/{ns}/coredumpquotas/quota"))["status"]["used"].clone();
+
+    // A slow upload (rate-limited curl), killed in the middle.
+    let ep = &env().cp.endpoints;
+    let (url, ca) = {
+        let s = env().server();
+        (s.url.clone(), s.ca_cert.clone())
+    };
+    let mut upload = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--limit-rate",
+            "4M",
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/zstd",
+        ])
+        .arg("--cacert")
+        .arg(&ca)
+        .arg("--cert")
+        .arg(ep.dir.join("pki/admin.crt"))
+        .arg("--key")
+        .arg(ep.dir.join("pki/admin.key"))
+        .arg("--data-binary")
+        .arg(format!("@{}", zst.display()))
+        .arg(format!("{url}{API}/namespaces/{ns}/coredumps/cut/upload"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("curl");
+    let cores = env().server().dir.join("data/cores");
+    eventually("the partial upload to reach the disk", || {
+        std::fs::read_dir(cores.join(".tmp"))
+            .map(|d| d.count() > 0)
+            .unwrap_or(false)
+    });
+    env().server().kill();
+    let _ = upload.wait();
+    env().server().restart().expect("restart");
+
+    let files = |d: &std::path::Path| std::fs::read_dir(d).map(|e| e.count()).unwrap_or(0);
+    assert_eq!(files(&cores.join(".tmp")), 0, "partial upload left behind");
+    assert_eq!(
+        files(&cores.join(&ns)),
+        0,
+        "a core was stored from a cut upload"
+    );
+    let obj = get(&c, &format!("{API}/namespaces/{ns}/coredumps/cut"));
+    assert_eq!(obj["status"]["phase"], "Pending");
+    assert_eq!(
+        get(&c, &format!("{API}/namespaces/{ns}/coredumpquotas/quota"))["status"]["used"],
+        used_before
+    );
+
+    // The retry after the crash replaces nothing half-done and stores the whole core.
+    let body = std::fs::read(&zst).expect("read");
+    let r = c
+        .request(
+            "PUT",
+            &format!("{API}/namespaces/{ns}/coredumps/cut/upload"),
+            &[("Content-Type", "application/zstd")],
+            Some(&body),
+        )
+        .expect("upload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(body);
+
+    // Through the aggregator, a 2 GiB download does not fit in one request window: it is
+    // cut visibly (fewer bytes than Content-Length, so kubectl fails), and fetched in
+    // pieces it is whole.
+    let k = env().kubectl();
+    let path = format!("{API}/namespaces/{ns}/coredumps/cut/download");
+    let whole = k
+        .command()
+        .args(["get", "--raw", &path])
+        .output()
+        .expect("kubectl");
+    let cut_visibly = !whole.status.success() || (whole.stdout.len() as u64) < size;
+    assert!(cut_visibly, "a 2 GiB download finished within a {REQUEST_TIMEOUT_SECS}s request timeout: the test proves nothing");
+    assert!((whole.stdout.len() as u64) < size);
+    let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
+    let window: u64 = 64 << 20;
+    let mut offset = 0;
+    while offset < size {
+        let out = k
+            .command()
+            .args([
+                "get",
+                "--raw",
+                &format!("{path}?offset={offset}&length={window}"),
+            ])
+            .output()
+            .expect("kubectl");
+        assert!(
+            out.status.success(),
+            "piece at {offset}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.stdout.is_empty());
+        offset += out.stdout.len() as u64;
+        sha2::Digest::update(&mut hasher, &out.stdout);
+    }
+    assert_eq!(hex::encode(sha2::Digest::finalize(hasher)), sha);
+}
+
+#[test]
+fn pending_uploads_expire_and_max_age_deletes_old_cores() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ns = env().namespace("expire").expect("ns");
+    let c = direct();
+    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"count": "5"}}});
+    assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "never", 100, 10, &"c".repeat(64))
+        ),
+        201
+    );
+    let quota_path = format!("{API}/namespaces/{ns}/coredumpquotas/quota");
+    assert_eq!(get(&c, &quota_path)["status"]["used"]["count"], "1");
+    eventually("the pending upload to expire", || {
+        get(&c, &format!("{API}/namespaces/{ns}/coredumps/never"))["status"]["reason"]
+            == "UploadTimeout"
+    });
+    assert_eq!(
+        get(&c, &format!("{API}/namespaces/{ns}/coredumps/never"))["status"]["phase"],
+        "Failed"
+    );
+    assert_eq!(get(&c, &quota_path)["status"]["used"]["count"], "0");
+
+    // Retention: maxAge on the quota deletes what is older.
+    let patch = br#"{"spec":{"maxAge":"2s"}}"#;
+    let r = c
+        .request(
+            "PATCH",
+            &quota_path,
+            &[("Content-Type", "application/merge-patch+json")],
+            Some(patch),
+        )
+        .expect("patch");
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually("maxAge to delete the old coredump", || {
+        c.get(&format!("{API}/namespaces/{ns}/coredumps/never"), &[])
+            .map(|r| r.status == 404)
+            .unwrap_or(false)
+    });
 }
