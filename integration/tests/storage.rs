@@ -503,3 +503,49 @@ fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out() {
         after.saturating_sub(before)
     );
 }
+
+#[test]
+fn evict_oldest_makes_room_instead_of_rejecting() {
+    let ns = env().namespace("st-evict").expect("ns");
+    let c = direct();
+    let mut q = quota(&ns, json!({"count": "2"}));
+    q["spec"]["evictOldest"] = json!(true);
+    assert_eq!(post(&c, &ns, "coredumpquotas", &q).status, 201);
+    for (i, name) in ["old", "mid"].iter().enumerate() {
+        let core = make_core(64 << 10, 20 + i as u64);
+        let obj = coredump(
+            &ns,
+            name,
+            core.raw.len() as u64,
+            core.zst.len() as u64,
+            &core.sha,
+        );
+        assert_eq!(post(&c, &ns, "coredumps", &obj).status, 201);
+        assert_eq!(upload(&c, &ns, name, &core.zst).status, 200);
+        // creationTimestamp has one-second resolution: keep the order unambiguous.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let core = make_core(64 << 10, 30);
+    let obj = coredump(
+        &ns,
+        "new",
+        core.raw.len() as u64,
+        core.zst.len() as u64,
+        &core.sha,
+    );
+    assert_eq!(post(&c, &ns, "coredumps", &obj).status, 201);
+    assert_eq!(phase(&c, &ns, "new"), json!(["Pending", null]));
+    assert_eq!(
+        c.get(&format!("{API}/namespaces/{ns}/coredumps/old"), &[])
+            .expect("curl")
+            .status,
+        404
+    );
+    assert_eq!(phase(&c, &ns, "mid"), json!(["Stored", null]));
+    assert_eq!(used(&c, &ns)["count"], "2");
+    assert_eq!(
+        files_under(&cores_dir().join(&ns)).len(),
+        1,
+        "the evicted core's file is gone"
+    );
+}
