@@ -65,6 +65,14 @@ pub struct Args {
     #[arg(long, env = "COREDUMP_MAINTENANCE_INTERVAL", default_value = "30s")]
     pub maintenance_interval: String,
 
+    /// How long TokenReview answers are reused (a Go-style duration).
+    #[arg(long, env = "COREDUMP_AUTHN_CACHE_TTL", default_value = "10s")]
+    pub authn_cache_ttl: String,
+
+    /// How long SubjectAccessReview answers (allow and deny) are reused.
+    #[arg(long, env = "COREDUMP_AUTHZ_CACHE_TTL", default_value = "10s")]
+    pub authz_cache_ttl: String,
+
     /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

@@ -9,6 +9,7 @@ pub mod error;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;
+pub mod noderestriction;
 pub mod registry;
 pub mod serve;
 pub mod store;
@@ -31,6 +32,8 @@ pub enum StartError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     #[error("core storage: {0}")]
     Blobs(#[from] blobs::BlobError),
     #[error("invalid flag {flag}: {message}")]
@@ -115,10 +118,23 @@ pub async fn run(
     .spawn(
         duration("--maintenance-interval", &args.maintenance_interval)?.max(Duration::from_secs(1)),
     );
+    let client = auth::kube_client(args.kubeconfig.as_deref()).await?;
+    let auth = auth::Auth::new(
+        client.clone(),
+        auth::AuthConfig {
+            token_cache_ttl: duration("--authn-cache-ttl", &args.authn_cache_ttl)?,
+            allow_cache_ttl: duration("--authz-cache-ttl", &args.authz_cache_ttl)?,
+            deny_cache_ttl: duration("--authz-cache-ttl", &args.authz_cache_ttl)?,
+            ..Default::default()
+        },
+    )
+    .await?;
     let app = http::router(http::AppState {
         registry,
         metrics,
         blobs,
+        auth,
+        node_restriction: Arc::new(noderestriction::NodeRestriction::new(client)),
     });
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)

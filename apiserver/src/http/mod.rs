@@ -10,14 +10,16 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use tracing::Instrument;
 
+use crate::auth::Auth;
 use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::noderestriction::NodeRestriction;
 use crate::registry::Registry;
 use reqinfo::{RequestInfo, API_PREFIX};
 
@@ -26,6 +28,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub blobs: Arc<dyn BlobStore>,
+    pub auth: Arc<Auth>,
+    pub node_restriction: Arc<NodeRestriction>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -68,7 +72,17 @@ async fn context(State(state): State<AppState>, mut req: Request, next: Next) ->
     );
     req.extensions_mut().insert(info.clone());
     let start = std::time::Instant::now();
-    let resp = next.run(req).instrument(span.clone()).await;
+    // Who asks, and may they: before any handler reads the store, so a user without
+    // access learns nothing (403, never a 404 that reveals names).
+    let resp = match state
+        .auth
+        .check_request(&mut req, &info)
+        .instrument(span.clone())
+        .await
+    {
+        Ok(_) => next.run(req).instrument(span.clone()).await,
+        Err(e) => e.into_response(),
+    };
     let code = resp.status().as_u16();
     let (resource, sub) = if info.is_resource {
         (
@@ -96,6 +110,11 @@ async fn health() -> &'static str {
 /// Ready once the store answers (it is opened before the listener, so this checks that
 /// it still reads).
 async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if !state.auth.is_ready() {
+        return Err(ApiError::unavailable(
+            "the authentication settings (kube-system/extension-apiserver-authentication) are not read yet",
+        ));
+    }
     state
         .registry
         .store

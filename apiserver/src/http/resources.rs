@@ -17,6 +17,7 @@ use super::reqinfo::RequestInfo;
 use super::AppState;
 use crate::auth::UserInfo;
 use crate::error::ApiError;
+use crate::noderestriction::{node_of, NodeRestriction};
 use crate::registry::{
     self, Ctx, FieldSelector, FieldValidation, Kind, LabelSelector, ListOptions, PatchType,
     Preconditions, Registry, WriteOpts,
@@ -76,6 +77,19 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
     };
     let validation = field_validation(&q)?;
     let headers = req.headers().clone();
+    // Node agents may write only their own node's coredumps (creates are checked below,
+    // once the body is read).
+    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::POST);
+    if kind.info().plural == coredump_openapi::COREDUMP.plural
+        && writes
+        && node_of(&ctx.user).is_some()
+    {
+        let current = match &info.name {
+            Some(name) => Some(registry.get(&*kind, &ns, name).await?),
+            None => None,
+        };
+        NodeRestriction::check_owned(&ctx.user, current.as_ref())?;
+    }
     let status_only = match info.subresource.as_deref() {
         None => false,
         Some("status") => true,
@@ -122,6 +136,12 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
             }
             let out = negotiate::choose(&headers, false, false, None)?;
             let body = read_json(req, &["application/json"]).await?;
+            if kind.info().plural == coredump_openapi::COREDUMP.plural {
+                state
+                    .node_restriction
+                    .check_create(&ctx.user, &ns, &body)
+                    .await?;
+            }
             let obj = registry
                 .create(&*kind, &ns, body, validation, &mut ctx)
                 .await?;
