@@ -1,11 +1,16 @@
-//! Node handler: `capture` (run by the kernel) and, later, `agent` (the
+//! Node handler: `capture` (run by the kernel) and `agent` (the
 //! DaemonSet). Both share the spool format in [`spool`].
 
+pub mod agent;
 pub mod capture;
 pub mod cgroup;
 pub mod config;
+pub mod deliver;
+pub mod events;
 pub mod install;
 pub mod limits;
+pub mod metrics;
 pub mod pattern;
+pub mod pods;
 pub mod procinfo;
 pub mod spool;

@@ -6,14 +6,19 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use coredump_node_handler::agent::{self, AgentOptions, InstallSettings};
 use coredump_node_handler::capture::{self, CaptureOptions, KernelArgs, Outcome, Overrides};
+use coredump_node_handler::config::CaptureConfig;
+use coredump_node_handler::deliver::ServerOptions;
 use coredump_node_handler::install::{self, InstallOptions, PidfdMode, Sysctls};
 use coredump_node_handler::pattern::DEFAULT_SPOOL;
 use coredump_node_handler::spool::Spool;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 /// Rotate the capture log past this size (one old file is kept).
@@ -34,6 +39,9 @@ enum Cmd {
     InstallPattern(InstallCmd),
     /// Put back what install-pattern saved (DaemonSet preStop, scripts).
     RestorePattern(RestoreCmd),
+    /// The node agent (DaemonSet): install the handler, keep optout.json
+    /// current, deliver spooled cores to the server.
+    Agent(Box<AgentCmd>),
 }
 
 #[derive(clap::Args)]
@@ -108,6 +116,100 @@ struct RestoreCmd {
     force: bool,
 }
 
+#[derive(clap::Args)]
+struct AgentCmd {
+    /// This node's name (the DaemonSet passes spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    #[arg(short, long, env = "COREDUMP_SPOOL", default_value = DEFAULT_SPOOL)]
+    spool: PathBuf,
+    /// The extension API server, directly (not through kube-apiserver),
+    /// e.g. https://coredump-apiserver.coredump-system.svc:443.
+    #[arg(long, env = "COREDUMP_SERVER")]
+    server: String,
+    /// CA bundle (PEM) of the server's serving certificate.
+    #[arg(long, env = "COREDUMP_SERVER_CA")]
+    server_ca: PathBuf,
+    /// Bearer token file for the server, re-read for every request
+    /// (a projected service-account token rotates).
+    #[arg(long, env = "COREDUMP_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Client certificate (PEM) for the server, instead of a token.
+    #[arg(long, env = "COREDUMP_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, env = "COREDUMP_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// kubeconfig for kube-apiserver (pods, namespaces, events); default:
+    /// in-cluster, or $KUBECONFIG.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Copy this binary here and install it as the handler (a host path,
+    /// mounted at the same path in the container); default: this binary.
+    #[arg(long, env = "COREDUMP_HANDLER")]
+    handler_path: Option<PathBuf>,
+    /// Leave core_pattern alone (someone else installs the handler).
+    #[arg(long, env = "COREDUMP_NO_INSTALL")]
+    no_install: bool,
+    #[arg(long, env = "COREDUMP_PIPE_LIMIT", default_value_t = install::DEFAULT_PIPE_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pipe_limit: u32,
+    #[arg(long, env = "COREDUMP_PIDFD", value_enum, default_value = "auto")]
+    pidfd: Pidfd,
+    /// Where /metrics, /healthz and /readyz are served (plain HTTP).
+    #[arg(long, env = "COREDUMP_METRICS_ADDR", default_value = "0.0.0.0:9808")]
+    metrics_addr: std::net::SocketAddr,
+    /// How often the spool is scanned for new cores.
+    #[arg(long, env = "COREDUMP_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
+    poll_interval: Duration,
+    /// How long a core waits for its pod to show up in the watch before it
+    /// is dropped (PodUnknown).
+    #[arg(long, env = "COREDUMP_POD_WAIT", default_value = "60s", value_parser = duration)]
+    pod_wait: Duration,
+    /// Longest wait between delivery attempts while the server is down.
+    #[arg(long, env = "COREDUMP_MAX_BACKOFF", default_value = "30s", value_parser = duration)]
+    max_backoff: Duration,
+    /// Timeout of one request to the server (uploads get 1 s more per MiB).
+    #[arg(long, env = "COREDUMP_REQUEST_TIMEOUT", default_value = "30s", value_parser = duration)]
+    request_timeout: Duration,
+    /// capture.json: raw bytes kept of one core (e.g. 4Gi).
+    #[arg(long, env = "COREDUMP_MAX_CORE_BYTES", value_parser = bytes)]
+    max_core_bytes: Option<u64>,
+    /// capture.json: disk the spool may use.
+    #[arg(long, env = "COREDUMP_SPOOL_MAX_BYTES", value_parser = bytes)]
+    spool_max_bytes: Option<u64>,
+    /// capture.json: free space to leave on the spool's filesystem.
+    #[arg(long, env = "COREDUMP_KEEP_FREE_BYTES", value_parser = bytes)]
+    keep_free_bytes: Option<u64>,
+    /// capture.json: free space to leave, percent of the filesystem.
+    #[arg(long, env = "COREDUMP_KEEP_FREE_PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    keep_free_percent: Option<u8>,
+    /// capture.json: cores per pod per rate-limit window.
+    #[arg(long, env = "COREDUMP_RATE_LIMIT_COUNT")]
+    rate_limit_count: Option<u32>,
+    /// capture.json: the rate-limit window.
+    #[arg(long, env = "COREDUMP_RATE_LIMIT_WINDOW", value_parser = duration)]
+    rate_limit_window: Option<Duration>,
+    /// capture.json: deadline of one capture.
+    #[arg(long, env = "COREDUMP_DEADLINE", value_parser = duration)]
+    capture_deadline: Option<Duration>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    coredump_openapi::types::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn bytes(s: &str) -> Result<u64, String> {
+    coredump_openapi::types::parse_bytes(s).map_err(|e| e.to_string())
+}
+
+fn pidfd_mode(p: Pidfd) -> PidfdMode {
+    match p {
+        Pidfd::Auto => PidfdMode::Auto,
+        Pidfd::Always => PidfdMode::Always,
+        Pidfd::Never => PidfdMode::Never,
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     // Before anything can open a file: the kernel gives us no stdout/stderr.
@@ -134,7 +236,81 @@ fn main() -> anyhow::Result<()> {
             println!("{out:?}");
             Ok(())
         }
+        Cmd::Agent(c) => {
+            init_stderr_logging();
+            run_agent(*c)
+        }
     }
+}
+
+fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
+    // One TLS provider for kube's client and ours (ring; see Cargo.toml).
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .map_err(|_| anyhow::anyhow!("a rustls crypto provider was already installed"))?;
+    let mut capture = CaptureConfig::default();
+    if let Some(v) = c.max_core_bytes {
+        capture.max_core_bytes = v;
+    }
+    if let Some(v) = c.spool_max_bytes {
+        capture.spool_max_bytes = v;
+    }
+    if let Some(v) = c.keep_free_bytes {
+        capture.keep_free_bytes = v;
+    }
+    if let Some(v) = c.keep_free_percent {
+        capture.keep_free_percent = v;
+    }
+    if let Some(v) = c.rate_limit_count {
+        capture.rate_limit_count = v;
+    }
+    if let Some(v) = c.rate_limit_window {
+        capture.rate_limit_window_seconds = v.as_secs().max(1);
+    }
+    if let Some(v) = c.capture_deadline {
+        capture.deadline_seconds = v.as_secs().max(1);
+    }
+    let opts = AgentOptions {
+        node_name: c.node_name,
+        spool: c.spool,
+        server: ServerOptions {
+            url: c.server,
+            ca_file: c.server_ca,
+            token_file: c.token_file,
+            client_cert: c.client_cert.zip(c.client_key),
+            timeout: c.request_timeout,
+        },
+        kubeconfig: c.kubeconfig,
+        install: (!c.no_install).then(|| InstallSettings {
+            handler_path: c.handler_path,
+            pipe_limit: c.pipe_limit,
+            pidfd: pidfd_mode(c.pidfd),
+        }),
+        metrics_addr: c.metrics_addr,
+        poll_interval: c.poll_interval,
+        pod_wait: c.pod_wait,
+        max_backoff: c.max_backoff,
+        capture,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+        let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            }
+            on_signal.cancel();
+        });
+        agent::run(opts, shutdown).await.context("agent")
+    })
 }
 
 fn run_capture(c: CaptureCmd, started: Instant) -> anyhow::Result<()> {
@@ -188,11 +364,7 @@ fn run_install(c: InstallCmd) -> anyhow::Result<()> {
         handler,
         spool: c.spool,
         pipe_limit: c.pipe_limit,
-        pidfd: match c.pidfd {
-            Pidfd::Auto => PidfdMode::Auto,
-            Pidfd::Always => PidfdMode::Always,
-            Pidfd::Never => PidfdMode::Never,
-        },
+        pidfd: pidfd_mode(c.pidfd),
     };
     if c.dry_run {
         let p = install::pattern_for(&opts)?;

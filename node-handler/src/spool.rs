@@ -169,6 +169,39 @@ pub enum DropReason {
     DeadlineExceeded,
     /// Reading, compressing or writing failed.
     CaptureFailed,
+    // The agent's reasons: the core was stored but not delivered.
+    /// The pod of the core never showed up in the agent's pod index.
+    PodUnknown,
+    /// The namespace's CoredumpQuota had no room: the server recorded the
+    /// Coredump as Rejected.
+    QuotaExceeded,
+    /// The server refused the Coredump or its core as invalid.
+    Invalid,
+    /// The entry's metadata or core file cannot be read.
+    EntryUnreadable,
+}
+
+impl DropReason {
+    /// The name as serialized, e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::OptedOut => "OptedOut",
+            DropReason::OptOutUnreadable => "OptOutUnreadable",
+            DropReason::RateLimited => "RateLimited",
+            DropReason::SpoolFull => "SpoolFull",
+            DropReason::LowDiskSpace => "LowDiskSpace",
+            DropReason::RlimitZero => "RlimitZero",
+            DropReason::RlimitBelowPage => "RlimitBelowPage",
+            DropReason::NotAContainer => "NotAContainer",
+            DropReason::ProcUnavailable => "ProcUnavailable",
+            DropReason::DeadlineExceeded => "DeadlineExceeded",
+            DropReason::CaptureFailed => "CaptureFailed",
+            DropReason::PodUnknown => "PodUnknown",
+            DropReason::QuotaExceeded => "QuotaExceeded",
+            DropReason::Invalid => "Invalid",
+            DropReason::EntryUnreadable => "EntryUnreadable",
+        }
+    }
 }
 
 /// `dropped/<id>.json`.
@@ -796,6 +829,20 @@ mod tests {
         assert_eq!(spool.count_drops(10).unwrap(), 2);
         spool.delete_drop(&a).unwrap();
         assert_eq!(spool.list_drops().unwrap(), vec![b]);
+    }
+
+    #[test]
+    fn drop_reason_names_match_serde() {
+        for r in [
+            DropReason::OptedOut,
+            DropReason::RateLimited,
+            DropReason::CaptureFailed,
+            DropReason::PodUnknown,
+            DropReason::QuotaExceeded,
+            DropReason::EntryUnreadable,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
     }
 
     #[test]

@@ -1,0 +1,699 @@
+//! The `agent` mode (the DaemonSet): installs the capture handler, keeps
+//! `optout.json` current from its pod and namespace watches, delivers every
+//! complete spool entry to the server and counts what was dropped.
+//!
+//! The spool is polled (every `poll_interval`, 500 ms by default) rather
+//! than watched with inotify: a readdir of `cores/` is cheap, polling
+//! cannot miss an event (queue overflow, entries left from before a
+//! restart), works on any filesystem a hostPath may be, and needs no
+//! extra crate; half a second is small next to an upload.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{field, info, warn, Instrument};
+
+use crate::config::{CaptureConfig, ConfigError};
+use crate::deliver::{self, DeliverError, Delivered, ServerClient, ServerOptions};
+use crate::events::{self, Recorder};
+use crate::install::{self, InstallError, InstallOptions, PatternLock, PidfdMode, Sysctls};
+use crate::metrics::{self, Metrics};
+use crate::pods::{self, SharedIndex};
+use crate::spool::{DropReason, Spool, SpoolEntry, SpoolError, CORE_FILE};
+
+/// First wait after a failed delivery; doubled per failure up to
+/// `max_backoff`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+/// How often an entry waiting for its pod is looked at again.
+const ATTRIBUTION_RETRY: Duration = Duration::from_secs(1);
+/// Drop records handled per pass, so a burst cannot stall delivery.
+const DROPS_PER_PASS: usize = 1000;
+const STALE_TMP_EVERY: Duration = Duration::from_secs(60);
+/// Time the watches and the metrics server get to stop.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Spool(#[from] SpoolError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("Kubernetes client: {0}")]
+    Kube(String),
+    #[error("server client: {0}")]
+    Client(#[from] deliver::ClientError),
+    #[error("background task: {0}")]
+    Task(String),
+}
+
+/// Installing our core_pattern.
+#[derive(Debug, Clone)]
+pub struct InstallSettings {
+    /// Copy this binary there and name it in the pattern (a path on the
+    /// host, mounted at the same path in the agent's container); None uses
+    /// this binary where it is.
+    pub handler_path: Option<PathBuf>,
+    pub pipe_limit: u32,
+    pub pidfd: PidfdMode,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub node_name: String,
+    pub spool: PathBuf,
+    pub server: ServerOptions,
+    /// None: in-cluster configuration (or $KUBECONFIG).
+    pub kubeconfig: Option<PathBuf>,
+    /// None (`--no-install`): someone else manages core_pattern.
+    pub install: Option<InstallSettings>,
+    pub metrics_addr: SocketAddr,
+    pub poll_interval: Duration,
+    /// How long a core waits for its pod to appear in the index.
+    pub pod_wait: Duration,
+    pub max_backoff: Duration,
+    /// Written to `capture.json` at start.
+    pub capture: CaptureConfig,
+}
+
+/// Our pattern is installed while this lives; dropping it (also when
+/// unwinding) puts the previous one back and releases the lock.
+struct Installed {
+    spool: PathBuf,
+    // Held for the agent's life: tests and scripts that follow the lock
+    // protocol must not swap core_pattern under a running agent.
+    _lock: PatternLock,
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        match install::restore(&Sysctls::default(), &self.spool, false) {
+            Ok(out) => info!(?out, "core_pattern restored"),
+            Err(e) => warn!(error = %e, "restoring core_pattern"),
+        }
+    }
+}
+
+/// Copies this binary to `to` (via a temporary name, so a handler the
+/// kernel is running right now is never overwritten in place).
+fn copy_self(to: &Path) -> Result<(), AgentError> {
+    let io = |what: String| move |source| AgentError::Io { what, source };
+    let me = std::env::current_exe().map_err(io("finding this binary".into()))?;
+    if me.canonicalize().ok() == to.canonicalize().ok() {
+        return Ok(());
+    }
+    if let Some(dir) = to.parent() {
+        std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
+    }
+    let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::copy(&me, &tmp).map_err(io(format!("copy to {}", tmp.display())))?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io(format!("chmod {}", tmp.display())))?;
+    std::fs::rename(&tmp, to).map_err(io(format!("rename to {}", to.display())))?;
+    Ok(())
+}
+
+fn install_handler(spool: &Path, s: &InstallSettings) -> Result<Installed, AgentError> {
+    let handler = match &s.handler_path {
+        Some(p) => {
+            copy_self(p)?;
+            p.clone()
+        }
+        None => std::env::current_exe().map_err(|source| AgentError::Io {
+            what: "finding this binary".into(),
+            source,
+        })?,
+    };
+    let opts = InstallOptions {
+        handler,
+        spool: spool.to_path_buf(),
+        pipe_limit: s.pipe_limit,
+        pidfd: s.pidfd,
+    };
+    // Fail on a too-long pattern before waiting for anyone's lock.
+    install::pattern_for(&opts)?;
+    info!(
+        lock = install::PATTERN_LOCK_PATH,
+        "taking the core_pattern lock"
+    );
+    let lock = PatternLock::acquire()?;
+    let state = install::install(&Sysctls::default(), &opts)?;
+    info!(
+        pattern = state.installed_pattern,
+        previous = state.previous_pattern,
+        "capture handler installed"
+    );
+    Ok(Installed {
+        spool: spool.to_path_buf(),
+        _lock: lock,
+    })
+}
+
+async fn kube_client(kubeconfig: Option<&Path>) -> Result<kube::Client, AgentError> {
+    let err = |e: &dyn std::fmt::Display| AgentError::Kube(e.to_string());
+    let config = match kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| err(&e))?;
+            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| err(&e))?
+        }
+        None => kube::Config::infer().await.map_err(|e| err(&e))?,
+    };
+    kube::Client::try_from(config).map_err(|e| err(&e))
+}
+
+/// Runs until `shutdown` is cancelled, then restores core_pattern.
+pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), AgentError> {
+    let spool = Spool::new(&opts.spool);
+    spool.ensure_layout()?;
+    opts.capture.store(&spool.config_path())?;
+    let metrics = Metrics::new()?;
+    let listener = metrics::bind(opts.metrics_addr)
+        .await
+        .map_err(|source| AgentError::Io {
+            what: format!("binding {}", opts.metrics_addr),
+            source,
+        })?;
+    let client = kube_client(opts.kubeconfig.as_deref()).await?;
+    let server = ServerClient::new(&opts.server)?;
+
+    // Last of the start-up steps that can fail, so a bad flag never leaves
+    // our pattern behind.
+    let installed = match opts.install.clone() {
+        Some(s) => {
+            let root = opts.spool.clone();
+            let done = tokio::task::spawn_blocking(move || install_handler(&root, &s));
+            tokio::select! {
+                r = done => Some(r.map_err(|e| AgentError::Task(e.to_string()))??),
+                _ = shutdown.cancelled() => return Ok(()),
+            }
+        }
+        None => None,
+    };
+
+    let result = serve(opts, spool, metrics, listener, client, server, shutdown).await;
+    if let Some(i) = installed {
+        let _ = tokio::task::spawn_blocking(move || drop(i)).await;
+    }
+    result
+}
+
+async fn serve(
+    opts: AgentOptions,
+    spool: Spool,
+    metrics: Metrics,
+    listener: tokio::net::TcpListener,
+    client: kube::Client,
+    server: ServerClient,
+    shutdown: CancellationToken,
+) -> Result<(), AgentError> {
+    let cancel = shutdown.child_token();
+    let index = SharedIndex::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pods::watch_pods(
+        client.clone(),
+        opts.node_name.clone(),
+        index.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(pods::watch_namespaces(
+        client.clone(),
+        index.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(keep_optout(
+        index.clone(),
+        spool.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+    {
+        let (m, c) = (metrics.clone(), cancel.clone());
+        tasks.spawn(async move {
+            if let Err(e) = metrics::serve(listener, m, c).await {
+                warn!(error = %e, "metrics server stopped");
+            }
+        });
+    }
+    info!(
+        node = opts.node_name,
+        spool = %opts.spool.display(),
+        server = opts.server.url,
+        "agent running"
+    );
+    let mut d = Deliverer {
+        recorder: Recorder::new(client, &opts.node_name),
+        node: opts.node_name.clone(),
+        pod_wait: opts.pod_wait,
+        max_backoff: opts.max_backoff,
+        stale_tmp_age: Duration::from_secs(2 * opts.capture.deadline_seconds + 60),
+        spool,
+        index,
+        server,
+        metrics,
+        entries: HashMap::new(),
+        backoff: Duration::ZERO,
+        paused_until: None,
+        last_stale_sweep: None,
+    };
+    d.run(opts.poll_interval, &shutdown).await;
+    cancel.cancel();
+    let stop = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
+        tasks.abort_all();
+    }
+    info!("agent stopped");
+    Ok(())
+}
+
+/// Rewrites `optout.json` whenever the opt-out set changes, once the
+/// watches have listed everything (an early, empty file would let opted-out
+/// pods' cores through). Marks the agent ready after the first write.
+async fn keep_optout(
+    index: SharedIndex,
+    spool: Spool,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    let mut written = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = index.changed.notified() => {}
+        }
+        let (synced, optout) = {
+            let ix = index.lock();
+            (ix.synced(), ix.optout())
+        };
+        if !synced || written.as_ref() == Some(&optout) {
+            continue;
+        }
+        let path = spool.optout_path();
+        let o = optout.clone();
+        match tokio::task::spawn_blocking(move || o.store(&path)).await {
+            Ok(Ok(())) => {
+                info!(pods = optout.pod_uids.len(), "optout.json updated");
+                written = Some(optout);
+                metrics.set_ready();
+            }
+            // Tried again on the next change; the capture side keeps using
+            // the previous file meanwhile.
+            Ok(Err(e)) => warn!(error = %e, "writing optout.json"),
+            Err(e) => warn!(error = %e, "writing optout.json"),
+        }
+    }
+}
+
+struct EntryState {
+    first_seen: Instant,
+    next_attempt: Instant,
+}
+
+enum Step {
+    /// Delivered or dropped: the local entry is gone.
+    Done,
+    /// Look again after this long (waiting for the pod index).
+    Later(Duration),
+    /// The server cannot take it now: back off.
+    Retry(DeliverError),
+}
+
+struct Deliverer {
+    spool: Spool,
+    index: SharedIndex,
+    server: ServerClient,
+    recorder: Recorder,
+    metrics: Metrics,
+    node: String,
+    pod_wait: Duration,
+    max_backoff: Duration,
+    stale_tmp_age: Duration,
+    entries: HashMap<String, EntryState>,
+    backoff: Duration,
+    paused_until: Option<Instant>,
+    last_stale_sweep: Option<Instant>,
+}
+
+impl Deliverer {
+    async fn run(&mut self, poll: Duration, shutdown: &CancellationToken) {
+        loop {
+            let ids = self.housekeeping().await;
+            self.track(&ids);
+            for id in ids {
+                let now = Instant::now();
+                if self.paused_until.is_some_and(|t| now < t) {
+                    break;
+                }
+                let due = self.entries.get(&id).is_some_and(|s| s.next_attempt <= now);
+                if !due {
+                    continue;
+                }
+                let step = tokio::select! {
+                    s = self.process(&id) => s,
+                    // An upload in flight is abandoned: the object stays
+                    // Pending and the next agent finishes it.
+                    _ = shutdown.cancelled() => return,
+                };
+                self.after(&id, step);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Counts and clears drop records, updates the gauges, sweeps stale
+    /// temporary files; returns the complete entries, oldest first.
+    async fn housekeeping(&mut self) -> Vec<String> {
+        let spool = self.spool.clone();
+        let metrics = self.metrics.clone();
+        let sweep = self
+            .last_stale_sweep
+            .is_none_or(|t| t.elapsed() >= STALE_TMP_EVERY);
+        if sweep {
+            self.last_stale_sweep = Some(Instant::now());
+        }
+        let stale_age = self.stale_tmp_age;
+        let work = tokio::task::spawn_blocking(move || {
+            count_drops(&spool, &metrics);
+            if sweep {
+                match spool.remove_stale_tmp(stale_age) {
+                    Ok(0) => {}
+                    Ok(n) => info!(removed = n, "removed abandoned captures from tmp/"),
+                    Err(e) => warn!(error = %e, "sweeping tmp/"),
+                }
+            }
+            match spool.total_bytes() {
+                Ok(b) => metrics
+                    .spool_bytes
+                    .set(i64::try_from(b).unwrap_or(i64::MAX)),
+                Err(e) => warn!(error = %e, "measuring the spool"),
+            }
+            let ids = spool.list_entries().unwrap_or_else(|e| {
+                warn!(error = %e, "listing the spool");
+                Vec::new()
+            });
+            metrics
+                .spool_entries
+                .set(i64::try_from(ids.len()).unwrap_or(i64::MAX));
+            ids
+        });
+        work.await.unwrap_or_default()
+    }
+
+    fn track(&mut self, ids: &[String]) {
+        let now = Instant::now();
+        for id in ids {
+            self.entries.entry(id.clone()).or_insert_with(|| {
+                self.metrics.captured.inc();
+                EntryState {
+                    first_seen: now,
+                    next_attempt: now,
+                }
+            });
+        }
+        if self.entries.len() > ids.len() {
+            self.entries.retain(|id, _| ids.contains(id));
+        }
+    }
+
+    fn after(&mut self, id: &str, step: Step) {
+        let now = Instant::now();
+        match step {
+            Step::Done => {
+                self.entries.remove(id);
+                self.backoff = Duration::ZERO;
+                self.paused_until = None;
+            }
+            Step::Later(d) => {
+                if let Some(s) = self.entries.get_mut(id) {
+                    s.next_attempt = now + d;
+                }
+            }
+            Step::Retry(e) => {
+                self.metrics.delivery_retries.inc();
+                self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, self.max_backoff);
+                // ±20 % so a fleet of agents does not come back in step.
+                let jitter = rand::rng().random_range(0.8..1.2);
+                let wait = self.backoff.mul_f64(jitter);
+                warn!(entry = id, error = %e, retry_in = ?wait, "delivery failed; the core stays in the spool");
+                self.paused_until = Some(now + wait);
+            }
+        }
+    }
+
+    /// Drops an entry the agent cannot deliver.
+    fn discard(&self, id: &str, reason: DropReason, detail: &str) -> Step {
+        warn!(
+            entry = id,
+            reason = reason.as_str(),
+            detail,
+            "core not delivered"
+        );
+        self.metrics.dropped(reason);
+        if let Err(e) = self.spool.delete_entry(id) {
+            warn!(entry = id, error = %e, "deleting the spool entry");
+        }
+        Step::Done
+    }
+
+    async fn process(&self, id: &str) -> Step {
+        let span = tracing::info_span!(
+            "core",
+            entry = id,
+            namespace = field::Empty,
+            pod = field::Empty,
+            container = field::Empty,
+            coredump = field::Empty,
+        );
+        self.process_inner(id, &span).instrument(span.clone()).await
+    }
+
+    async fn process_inner(&self, id: &str, span: &tracing::Span) -> Step {
+        let entry = match self.spool.read_entry(id) {
+            Ok(e) => e,
+            Err(e) => return self.discard(id, DropReason::EntryUnreadable, &e.to_string()),
+        };
+        let Some(pod_uid) = entry.crash.pod_uid.clone() else {
+            return self.discard(id, DropReason::PodUnknown, "no pod UID in the metadata");
+        };
+        let now = Instant::now();
+        let (attr, synced_at) = {
+            let ix = self.index.lock();
+            (
+                ix.lookup(&pod_uid, entry.crash.container_id.as_deref()),
+                ix.synced_at(),
+            )
+        };
+        // Time waited counts from when the index could have known the pod.
+        let Some(synced_at) = synced_at else {
+            return Step::Later(ATTRIBUTION_RETRY);
+        };
+        let first_seen = self.entries.get(id).map_or(now, |s| s.first_seen);
+        let waited = now.saturating_duration_since(first_seen.max(synced_at));
+        let attr = match attr {
+            None if waited < self.pod_wait => return Step::Later(ATTRIBUTION_RETRY),
+            None => {
+                let detail = format!("pod {pod_uid} not on this node after {waited:?}");
+                return self.discard(id, DropReason::PodUnknown, &detail);
+            }
+            // The pod is known but its status does not list the container
+            // yet: the watch lags behind the kubelet.
+            Some(a) if a.container_name.is_none() && !a.deleted && waited < self.pod_wait => {
+                return Step::Later(ATTRIBUTION_RETRY)
+            }
+            Some(a) => a,
+        };
+        span.record("namespace", attr.namespace.as_str());
+        span.record("pod", attr.pod_name.as_str());
+        if let Some(c) = &attr.container_name {
+            span.record("container", c.as_str());
+        }
+        // Second line of the opt-out: the label may have come after the
+        // capture (or before optout.json caught up).
+        if attr.opted_out {
+            return self.discard(id, DropReason::OptedOut, "pod or namespace opted out");
+        }
+        let core = match self.spool.entry_dir(id) {
+            Ok(d) => d.join(CORE_FILE),
+            Err(e) => return self.discard(id, DropReason::EntryUnreadable, &e.to_string()),
+        };
+        let result = deliver::deliver(&self.server, &entry, &core, &attr, &self.node).await;
+        let fate = match result {
+            Ok(d) => d,
+            Err(DeliverError::Transient(e)) => return Step::Retry(DeliverError::Transient(e)),
+            Err(DeliverError::Invalid(e)) => return self.discard(id, DropReason::Invalid, &e),
+            Err(DeliverError::Local(e)) => {
+                return self.discard(id, DropReason::EntryUnreadable, &e)
+            }
+        };
+        let container = deliver::container_name(&attr);
+        match &fate {
+            Delivered::Stored { name, uploaded } => {
+                span.record("coredump", name.as_str());
+                self.metrics.uploaded.inc();
+                info!(
+                    coredump = name,
+                    uploaded,
+                    raw_bytes = entry.raw_size,
+                    stored_bytes = entry.stored_size,
+                    since_dump_s = since_dump(&entry),
+                    "core delivered"
+                );
+                if let Err(e) = self.spool.delete_entry(id) {
+                    warn!(error = %e, "deleting the delivered spool entry");
+                }
+                self.event(&entry, &attr, &container, name, events::Fate::Stored)
+                    .await;
+            }
+            Delivered::Rejected { name, message } => {
+                span.record("coredump", name.as_str());
+                self.discard(id, DropReason::QuotaExceeded, message);
+                self.event(
+                    &entry,
+                    &attr,
+                    &container,
+                    name,
+                    events::Fate::Rejected(message),
+                )
+                .await;
+            }
+        }
+        Step::Done
+    }
+
+    async fn event(
+        &self,
+        entry: &SpoolEntry,
+        attr: &pods::Attribution,
+        container: &str,
+        name: &str,
+        fate: events::Fate<'_>,
+    ) {
+        let rec = self
+            .recorder
+            .core_dumped(entry, attr, container, name, fate);
+        if tokio::time::timeout(Duration::from_secs(10), rec)
+            .await
+            .is_err()
+        {
+            warn!("recording the CoreDumped event timed out");
+        }
+    }
+}
+
+/// Seconds from the dump to now, for the delivery log line.
+fn since_dump(entry: &SpoolEntry) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs().saturating_sub(entry.crash.dump_time))
+        .unwrap_or(0)
+}
+
+/// Counts the capture side's drop records into the metrics, logs each, and
+/// deletes it (capture stops writing records at `maxDropRecords`, so they
+/// must not pile up).
+fn count_drops(spool: &Spool, metrics: &Metrics) {
+    let ids = match spool.list_drops() {
+        Ok(ids) => ids,
+        Err(e) => {
+            warn!(error = %e, "listing drop records");
+            return;
+        }
+    };
+    for id in ids.into_iter().take(DROPS_PER_PASS) {
+        match spool.read_drop(&id) {
+            Ok(r) => {
+                metrics.dropped(r.reason);
+                info!(
+                    record = id,
+                    reason = r.reason.as_str(),
+                    detail = r.detail,
+                    pod_uid = r.crash.pod_uid.as_deref().unwrap_or(""),
+                    host_pid = r.crash.host_pid,
+                    signal = r.crash.signal,
+                    forwarded_to = r.forwarded_to.as_deref().unwrap_or(""),
+                    "crash not captured"
+                );
+            }
+            Err(e) => {
+                metrics.dropped(DropReason::CaptureFailed);
+                warn!(record = id, error = %e, "unreadable drop record");
+            }
+        }
+        if let Err(e) = spool.delete_drop(&id) {
+            warn!(record = id, error = %e, "deleting a drop record");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{CrashInfo, DropRecord, HandlerStats, FORMAT_VERSION};
+
+    #[test]
+    fn drop_records_are_counted_once_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::new(dir.path());
+        spool.ensure_layout().unwrap();
+        let rec = |reason| DropRecord {
+            format_version: FORMAT_VERSION,
+            id: "1700000000-1".into(),
+            reason,
+            detail: String::new(),
+            crash: CrashInfo::default(),
+            forwarded_to: None,
+            forward_exit_status: None,
+            raw_bytes_read: 0,
+            handler: HandlerStats::default(),
+        };
+        for r in [
+            DropReason::RateLimited,
+            DropReason::RateLimited,
+            DropReason::OptedOut,
+        ] {
+            spool.write_drop(&rec(r)).unwrap();
+        }
+        std::fs::write(spool.dropped_dir().join("1700000001-1.json"), "{broken").unwrap();
+        let m = Metrics::new().unwrap();
+        count_drops(&spool, &m);
+        count_drops(&spool, &m);
+        assert_eq!(m.dropped_count(DropReason::RateLimited), 2);
+        assert_eq!(m.dropped_count(DropReason::OptedOut), 1);
+        assert_eq!(m.dropped_count(DropReason::CaptureFailed), 1);
+        assert!(spool.list_drops().unwrap().is_empty());
+    }
+
+    #[test]
+    fn copy_self_replaces_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let to = dir.path().join("bin/h");
+        copy_self(&to).unwrap();
+        copy_self(&to).unwrap();
+        let meta = std::fs::metadata(&to).unwrap();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o777,
+            0o755
+        );
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("bin")).unwrap().count(),
+            1
+        );
+    }
+}
