@@ -2,6 +2,7 @@
 //! the coredump.io extension server registered through an `APIService`, and the real
 //! kubectl. Used by the integration tests and by `make up`.
 
+pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod curl;

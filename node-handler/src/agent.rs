@@ -321,6 +321,8 @@ async fn keep_optout(
 struct EntryState {
     first_seen: Instant,
     next_attempt: Instant,
+    /// Refusals of this core in a row, for its own backoff.
+    refusals: u32,
 }
 
 enum Step {
@@ -328,8 +330,10 @@ enum Step {
     Done,
     /// Look again after this long (waiting for the pod index).
     Later(Duration),
-    /// The server cannot take it now: back off.
+    /// The server cannot take anything now: back off.
     Retry(DeliverError),
+    /// The server refused this core for now: back off for it alone.
+    Refused(String),
 }
 
 struct Deliverer {
@@ -424,6 +428,7 @@ impl Deliverer {
                 EntryState {
                     first_seen: now,
                     next_attempt: now,
+                    refusals: 0,
                 }
             });
         }
@@ -443,6 +448,17 @@ impl Deliverer {
             Step::Later(d) => {
                 if let Some(s) = self.entries.get_mut(id) {
                     s.next_attempt = now + d;
+                }
+            }
+            Step::Refused(e) => {
+                self.metrics.delivery_retries.inc();
+                if let Some(s) = self.entries.get_mut(id) {
+                    s.refusals = s.refusals.saturating_add(1);
+                    let wait = FIRST_BACKOFF
+                        .saturating_mul(1 << s.refusals.min(16))
+                        .min(self.max_backoff);
+                    s.next_attempt = now + wait;
+                    warn!(entry = id, error = e, retry_in = ?wait, "the server refused the core; the core stays in the spool");
                 }
             }
             Step::Retry(e) => {
@@ -512,6 +528,11 @@ impl Deliverer {
                 let detail = format!("pod {pod_uid} not on this node after {waited:?}");
                 return self.discard(id, DropReason::PodUnknown, &detail);
             }
+            // Second line of the opt-out: the label may have come after the
+            // capture (or before optout.json caught up).
+            Some(a) if a.opted_out => {
+                return self.discard(id, DropReason::OptedOut, "pod or namespace opted out")
+            }
             // The pod is known but its status does not list the container
             // yet: the watch lags behind the kubelet.
             Some(a) if a.container_name.is_none() && !a.deleted && waited < self.pod_wait => {
@@ -524,11 +545,6 @@ impl Deliverer {
         if let Some(c) = &attr.container_name {
             span.record("container", c.as_str());
         }
-        // Second line of the opt-out: the label may have come after the
-        // capture (or before optout.json caught up).
-        if attr.opted_out {
-            return self.discard(id, DropReason::OptedOut, "pod or namespace opted out");
-        }
         let core = match self.spool.entry_dir(id) {
             Ok(d) => d.join(CORE_FILE),
             Err(e) => return self.discard(id, DropReason::EntryUnreadable, &e.to_string()),
@@ -537,6 +553,12 @@ impl Deliverer {
         let fate = match result {
             Ok(d) => d,
             Err(DeliverError::Transient(e)) => return Step::Retry(DeliverError::Transient(e)),
+            // The server's node restriction refuses pods it cannot find:
+            // for a deleted pod, waiting will not bring it back.
+            Err(DeliverError::Forbidden(e)) if attr.deleted => {
+                return self.discard(id, DropReason::PodUnknown, &e)
+            }
+            Err(DeliverError::Forbidden(e)) => return Step::Refused(e),
             Err(DeliverError::Invalid(e)) => return self.discard(id, DropReason::Invalid, &e),
             Err(DeliverError::Local(e)) => {
                 return self.discard(id, DropReason::EntryUnreadable, &e)

@@ -70,6 +70,11 @@ pub enum DeliverError {
     /// refused us for now (a token being rotated, RBAC not applied yet).
     #[error("{0}")]
     Transient(String),
+    /// Refused for this core (403): RBAC not applied yet, or the server's
+    /// node restriction (a node identity may only report pods that exist
+    /// and are bound to its node). Retried per core, not for all.
+    #[error("{0}")]
+    Forbidden(String),
     /// Retrying cannot help: the server judged the object or core invalid.
     #[error("{0}")]
     Invalid(String),
@@ -525,8 +530,9 @@ fn unexpected(what: &str, r: &Reply) -> DeliverError {
     let msg = format!("{what}: {}", r.message());
     match r.status.as_u16() {
         400 | 404 | 413 | 415 | 422 => DeliverError::Invalid(msg),
-        // 401/403 (credentials or RBAC not there yet), 408, 409 races,
-        // 429 and 5xx: another attempt can succeed.
+        403 => DeliverError::Forbidden(msg),
+        // 401 (a token being rotated), 408, 409 races, 429 and 5xx:
+        // another attempt can succeed.
         _ => DeliverError::Transient(msg),
     }
 }
@@ -814,7 +820,11 @@ mod tests {
             unexpected("x", &r(422, r#"{"message":"bad"}"#)),
             DeliverError::Invalid(m) if m.contains("bad")
         ));
-        for code in [401, 403, 429, 500, 503] {
+        assert!(matches!(
+            unexpected("x", &r(403, "")),
+            DeliverError::Forbidden(_)
+        ));
+        for code in [401, 408, 429, 500, 503] {
             assert!(matches!(
                 unexpected("x", &r(code, "")),
                 DeliverError::Transient(_)

@@ -1,0 +1,539 @@
+//! The node agent end to end, with the real kernel and the real control plane: a crash in
+//! a (kubelet-less) pod's cgroup goes through core_pattern into the spool, the agent
+//! attributes it from its pod watch, creates the Coredump on the extension server, uploads
+//! the core and records a CoreDumped Event.
+//!
+//! Root only (core_pattern, cgroups); each test prints why it skips otherwise. The agent
+//! installs the freshly built handler and holds the node-handler's core_pattern lock while
+//! it runs, restoring the previous pattern when stopped; the tests here run one at a time
+//! (they share the kernel setting, and one of them stops the shared server).
+//!
+//! Capture-side behaviour (host processes going to the previous handler, flat memory for
+//! big cores, truncation, RLIMIT_CORE) is covered by node-handler/tests/real_crash.rs.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use coredump_integration::agent::{
+    build_crasher, cgroup2_root, crash, create_node, random_container_id, Agent, AgentOptions,
+    FakePod, PodCgroup,
+};
+use coredump_integration::curl::{Credential, Curl};
+use coredump_integration::env::TestEnv;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const API: &str = "/apis/coredump.io/v1alpha1";
+const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+/// Generous: 2 shared cores, debug builds, other builds running.
+const WAIT: Duration = Duration::from_secs(180);
+
+fn env() -> &'static TestEnv {
+    TestEnv::shared()
+}
+
+/// One test at a time: they all change core_pattern, and one stops the shared server.
+fn serial() -> MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn can_run(test: &str) -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipping {test}: needs root for core_pattern and cgroups");
+        return false;
+    }
+    if std::fs::OpenOptions::new()
+        .write(true)
+        .open(CORE_PATTERN)
+        .is_err()
+    {
+        eprintln!("skipping {test}: {CORE_PATTERN} is not writable here");
+        return false;
+    }
+    if cgroup2_root().is_none() {
+        eprintln!("skipping {test}: no cgroup v2 hierarchy");
+        return false;
+    }
+    for tool in ["gcc", "gdb"] {
+        if Command::new(tool).arg("--version").output().is_err() {
+            eprintln!("skipping {test}: {tool} is not installed");
+            return false;
+        }
+    }
+    true
+}
+
+fn crasher() -> &'static Path {
+    static CRASHER: OnceLock<PathBuf> = OnceLock::new();
+    CRASHER.get_or_init(|| {
+        build_crasher(Path::new(env!("CARGO_TARGET_TMPDIR"))).expect("building the crasher")
+    })
+}
+
+fn core_pattern() -> String {
+    std::fs::read_to_string(CORE_PATTERN)
+        .expect("read core_pattern")
+        .trim_end()
+        .to_string()
+}
+
+/// The extension server directly, as the cluster admin.
+fn direct() -> Curl {
+    let ep = &env().cp.endpoints;
+    let server = env().server();
+    Curl {
+        base: server.url.clone(),
+        ca: server.ca_cert.clone(),
+        cred: Credential::Cert {
+            cert: ep.dir.join("pki/admin.crt"),
+            key: ep.dir.join("pki/admin.key"),
+        },
+    }
+}
+
+/// The namespace's Coredumps, straight from the server (None while it is down).
+fn coredumps(ns: &str) -> Option<Vec<Value>> {
+    let r = direct()
+        .get(&format!("{API}/namespaces/{ns}/coredumps"), &[])
+        .ok()?;
+    (r.status == 200).then(|| r.json()["items"].as_array().cloned().unwrap_or_default())
+}
+
+fn phase(cd: &Value) -> &str {
+    cd["status"]["phase"].as_str().unwrap_or("")
+}
+
+/// Polls `f` every 50 ms until it returns Some, panicking with `what` and the agent's log
+/// after `timeout`.
+fn wait<T>(what: &str, agent: &Agent, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            t.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}; agent log:\n{}",
+            agent.log_tail(60)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until `ns` holds `n` Coredumps, all Stored.
+fn wait_stored(agent: &Agent, ns: &str, n: usize) -> Vec<Value> {
+    wait(
+        &format!("{n} Stored coredumps in {ns}"),
+        agent,
+        WAIT,
+        || {
+            coredumps(ns)
+                .filter(|items| items.len() >= n && items.iter().all(|c| phase(c) == "Stored"))
+        },
+    )
+}
+
+fn node_name(test: &str) -> String {
+    format!("node-{test}-{}", std::process::id() % 100_000)
+}
+
+/// Stops the agent and checks it put core_pattern back exactly.
+fn stop_and_check_restored(mut agent: Agent, before: &str) {
+    assert!(
+        core_pattern().contains(" capture "),
+        "the agent's pattern is installed while it runs: {}",
+        core_pattern()
+    );
+    agent.stop();
+    assert_eq!(core_pattern(), before, "core_pattern restored on SIGTERM");
+    let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+    assert!(log.contains("core_pattern restored"), "{log}");
+}
+
+#[test]
+fn crash_in_a_pod_becomes_a_stored_coredump_with_an_event() {
+    if !can_run("crash_in_a_pod_becomes_a_stored_coredump_with_an_event") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("stored");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-stored").expect("namespace");
+    let pod = FakePod::create(&kubectl, &ns, "web-0", &node, json!({})).expect("pod");
+    let agent = Agent::start(env(), AgentOptions::new(&node)).expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+
+    let c = crash(crasher(), &cg.procs(), "segv", 8).expect("crash");
+    assert_eq!(c.signal, Some(11));
+    assert!(c.core_dumped, "the kernel reports the core as dumped");
+    let items = wait_stored(&agent, &ns, 1);
+    let latency = c.ended.elapsed();
+    assert_eq!(items.len(), 1, "{items:#?}");
+    let cd = &items[0];
+    eprintln!(
+        "crash -> Stored (seen by polling the server): {latency:?}\n{}",
+        serde_json::to_string_pretty(cd).expect("json")
+    );
+    let name = cd["metadata"]["name"].as_str().expect("name").to_string();
+    assert!(name.starts_with("web-0-"), "{name}");
+    let labels = &cd["metadata"]["labels"];
+    assert_eq!(labels["coredump.io/node"], node.as_str());
+    assert_eq!(labels["coredump.io/pod"], "web-0");
+    assert_eq!(labels["coredump.io/container"], "app");
+    let s = &cd["spec"];
+    assert_eq!(s["nodeName"], node.as_str());
+    assert_eq!(s["podName"], "web-0");
+    assert_eq!(s["podUID"], pod.uid.as_str());
+    assert_eq!(s["containerName"], "app");
+    assert_eq!(
+        s["containerID"],
+        format!("containerd://{}", pod.container_id)
+    );
+    assert_eq!(s["image"], pod.image.as_str());
+    assert_eq!(s["signal"], 11);
+    assert_eq!(s["signalName"], "SIGSEGV");
+    assert_eq!(s["executable"], crasher().to_string_lossy().as_ref());
+    assert_eq!(s["hostPID"], c.pid);
+    assert!(s["commandLine"]
+        .as_str()
+        .is_some_and(|l| l.starts_with(crasher().to_string_lossy().as_ref())));
+
+    // What users see through kube-apiserver.
+    let table = wait("kubectl get coredumps", &agent, WAIT, || {
+        kubectl
+            .ok(&["get", "coredumps", "-n", &ns])
+            .ok()
+            .filter(|t| t.contains(&name))
+    });
+    eprintln!("{table}");
+    assert!(table.contains("Stored"), "{table}");
+
+    let event = wait("the CoreDumped event", &agent, WAIT, || {
+        let out = kubectl
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=CoreDumped",
+                "-o",
+                "json",
+            ])
+            .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"].as_array()?.first().cloned()
+    });
+    eprintln!("event: {}", event["message"]);
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["involvedObject"]["kind"], "Pod");
+    assert_eq!(event["involvedObject"]["name"], "web-0");
+    let msg = event["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("SIGSEGV"), "{msg}");
+    assert!(msg.contains(crasher().to_string_lossy().as_ref()), "{msg}");
+    assert!(msg.contains(&name), "{msg}");
+
+    // The core as users download it.
+    let out = kubectl
+        .run(&[
+            "get",
+            "--raw",
+            &format!("{API}/namespaces/{ns}/coredumps/{name}/download"),
+        ])
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let core = out.stdout;
+    assert_eq!(
+        core.len().to_string(),
+        s["size"].as_str().expect("size").to_string()
+    );
+    assert_eq!(hex::encode(Sha256::digest(&core)), s["sha256"]);
+    let core_path = agent.dir.join("downloaded.core");
+    std::fs::write(&core_path, &core).expect("write core");
+    let bt = Command::new("gdb")
+        .args(["-batch", "-ex", "bt"])
+        .arg(crasher())
+        .arg(&core_path)
+        .output()
+        .expect("gdb");
+    let bt = String::from_utf8_lossy(&bt.stdout);
+    eprintln!("gdb bt:\n{bt}");
+    assert!(bt.contains("crash_here_in_known_function"), "{bt}");
+
+    // Delivered: the local copy is gone, and the counters say so.
+    wait("the spool to be empty", &agent, WAIT, || {
+        agent.spooled().is_empty().then_some(())
+    });
+    assert_eq!(
+        agent
+            .metric("coredump_agent_captured_total")
+            .expect("metrics"),
+        1.0
+    );
+    assert_eq!(
+        agent
+            .metric("coredump_agent_uploaded_total")
+            .expect("metrics"),
+        1.0
+    );
+    stop_and_check_restored(agent, &before);
+}
+
+#[test]
+fn opted_out_pods_and_namespaces_leave_nothing_and_unknown_pods_are_dropped() {
+    if !can_run("opted_out_pods_and_namespaces_leave_nothing_and_unknown_pods_are_dropped") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("optout");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-optout").expect("namespace");
+    let quiet_ns = env().namespace("node-quiet").expect("namespace");
+    kubectl
+        .ok(&[
+            "label",
+            "namespace",
+            &quiet_ns,
+            "coredump.io/capture=disabled",
+        ])
+        .expect("label namespace");
+    let quiet = FakePod::create(
+        &kubectl,
+        &ns,
+        "quiet",
+        &node,
+        json!({"coredump.io/capture": "disabled"}),
+    )
+    .expect("pod");
+    let in_quiet_ns = FakePod::create(&kubectl, &quiet_ns, "any", &node, json!({})).expect("pod");
+    let late = FakePod::create(&kubectl, &ns, "late", &node, json!({})).expect("pod");
+    let agent = Agent::start(env(), AgentOptions::new(&node).arg("--pod-wait=20s")).expect("agent");
+
+    let optout = agent.spool.join("optout.json");
+    wait("optout.json to list both pods", &agent, WAIT, || {
+        let v: Value = serde_json::from_slice(&std::fs::read(&optout).ok()?).ok()?;
+        let uids: Vec<&str> = v["podUids"]
+            .as_array()?
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        (uids.contains(&quiet.uid.as_str()) && uids.contains(&in_quiet_ns.uid.as_str()))
+            .then_some(())
+    });
+
+    // Opted out before the crash: capture drops them without reading the core.
+    for p in [&quiet, &in_quiet_ns] {
+        let cg = PodCgroup::new(&p.uid, &p.container_id).expect("cgroup");
+        let t = Instant::now();
+        crash(crasher(), &cg.procs(), "segv", 64).expect("crash");
+        eprintln!("opted-out crash of a 64 MiB process took {:?}", t.elapsed());
+        assert!(agent.spooled().is_empty(), "no core in the spool");
+    }
+    wait("2 OptedOut drops counted", &agent, WAIT, || {
+        let n = agent
+            .metric("coredump_agent_dropped_total{reason=\"OptedOut\"}")
+            .ok()?;
+        (n >= 2.0).then_some(())
+    });
+    assert_eq!(
+        agent
+            .metric("coredump_agent_captured_total")
+            .expect("metrics"),
+        0.0
+    );
+
+    // Opted out after the crash: the core is in the spool (its container is not in the
+    // pod status yet, so the agent waits), then the label comes; the agent drops it.
+    let restarted = random_container_id().expect("id");
+    let cg = PodCgroup::new(&late.uid, &restarted).expect("cgroup");
+    crash(crasher(), &cg.procs(), "abort", 1).expect("crash");
+    wait("the late pod's core in the spool", &agent, WAIT, || {
+        (!agent.spooled().is_empty()).then_some(())
+    });
+    kubectl
+        .ok(&[
+            "label",
+            "pod",
+            "late",
+            "-n",
+            &ns,
+            "coredump.io/capture=disabled",
+        ])
+        .expect("label pod");
+    wait("the late core dropped as OptedOut", &agent, WAIT, || {
+        let n = agent
+            .metric("coredump_agent_dropped_total{reason=\"OptedOut\"}")
+            .ok()?;
+        (n >= 3.0 && agent.spooled().is_empty()).then_some(())
+    });
+
+    // A pod this node never had: dropped once --pod-wait has passed.
+    let stranger = "5d6e7f80-1111-4222-8333-944455556666";
+    let cg = PodCgroup::new(stranger, &random_container_id().expect("id")).expect("cgroup");
+    let t = Instant::now();
+    crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
+    wait("the PodUnknown drop", &agent, WAIT, || {
+        let n = agent
+            .metric("coredump_agent_dropped_total{reason=\"PodUnknown\"}")
+            .ok()?;
+        (n >= 1.0).then_some(())
+    });
+    let waited = t.elapsed();
+    eprintln!("unknown pod dropped after {waited:?}");
+    assert!(waited >= Duration::from_secs(19), "{waited:?}");
+    assert!(agent.spooled().is_empty());
+
+    for n in [&ns, &quiet_ns] {
+        assert_eq!(coredumps(n).expect("list"), Vec::<Value>::new(), "{n}");
+    }
+    stop_and_check_restored(agent, &before);
+}
+
+#[test]
+fn cores_wait_in_the_spool_while_the_server_is_down() {
+    if !can_run("cores_wait_in_the_spool_while_the_server_is_down") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("down");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-down").expect("namespace");
+    let pod = FakePod::create(&kubectl, &ns, "db-0", &node, json!({})).expect("pod");
+    let agent =
+        Agent::start(env(), AgentOptions::new(&node).arg("--max-backoff=2s")).expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+
+    env().server().stop();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crash(crasher(), &cg.procs(), "abort", 4).expect("crash");
+        wait("the core in the spool", &agent, WAIT, || {
+            (agent.spooled().len() == 1).then_some(())
+        });
+        wait("failed delivery attempts", &agent, WAIT, || {
+            let n = agent.metric("coredump_agent_delivery_retries_total").ok()?;
+            (n >= 3.0).then_some(())
+        });
+        assert_eq!(agent.spooled().len(), 1, "kept while the server is down");
+        assert_eq!(
+            agent
+                .metric("coredump_agent_uploaded_total")
+                .expect("metrics"),
+            0.0
+        );
+    }));
+    // Whatever happened above, the other tests need the server back.
+    env().server().restart().expect("restarting the server");
+    let back = Instant::now();
+    if let Err(p) = outcome {
+        std::panic::resume_unwind(p);
+    }
+    let items = wait_stored(&agent, &ns, 1);
+    eprintln!("server back -> Stored: {:?}", back.elapsed());
+    assert_eq!(items[0]["spec"]["signalName"], "SIGABRT");
+    assert_eq!(items[0]["spec"]["podName"], "db-0");
+    wait("the spool to be empty", &agent, WAIT, || {
+        agent.spooled().is_empty().then_some(())
+    });
+    assert_eq!(
+        agent
+            .metric("coredump_agent_uploaded_total")
+            .expect("metrics"),
+        1.0
+    );
+    stop_and_check_restored(agent, &before);
+}
+
+#[test]
+fn a_crash_loop_stays_within_the_rate_limit_and_the_spool_limit() {
+    if !can_run("a_crash_loop_stays_within_the_rate_limit_and_the_spool_limit") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("loop");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-loop").expect("namespace");
+    let pod = FakePod::create(&kubectl, &ns, "flappy", &node, json!({})).expect("pod");
+    const SPOOL_MAX: f64 = (64u64 << 20) as f64;
+    let agent = Agent::start(
+        env(),
+        AgentOptions::new(&node)
+            .arg("--rate-limit-count=5")
+            .arg("--rate-limit-window=1h")
+            .arg("--spool-max-bytes=64Mi"),
+    )
+    .expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+
+    let t = Instant::now();
+    let mut peak = 0.0f64;
+    for i in 0..200 {
+        let c = crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
+        assert_eq!(c.signal, Some(11));
+        if i % 10 == 0 {
+            peak = peak.max(agent.metric("coredump_agent_spool_bytes").expect("metrics"));
+        }
+    }
+    let crashing = t.elapsed();
+    wait("195 RateLimited drops and 5 uploads", &agent, WAIT, || {
+        let m = agent.metrics().ok()?;
+        let dropped = coredump_integration::agent::parse_metric(
+            &m,
+            "coredump_agent_dropped_total{reason=\"RateLimited\"}",
+        );
+        let uploaded =
+            coredump_integration::agent::parse_metric(&m, "coredump_agent_uploaded_total");
+        (dropped >= 195.0 && uploaded >= 5.0).then_some(())
+    });
+    let settled = t.elapsed();
+    let items = wait_stored(&agent, &ns, 5);
+    assert_eq!(items.len(), 5, "only the rate limit's worth is kept");
+    let m = agent.metrics().expect("metrics");
+    eprintln!(
+        "200 crashes in {crashing:?}, all accounted for after {settled:?}; peak spool {:.1} MiB\n{}",
+        peak / (1 << 20) as f64,
+        m.lines()
+            .filter(|l| l.starts_with("coredump_agent"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert_eq!(
+        coredump_integration::agent::parse_metric(
+            &m,
+            "coredump_agent_dropped_total{reason=\"RateLimited\"}"
+        ),
+        195.0
+    );
+    assert_eq!(
+        coredump_integration::agent::parse_metric(&m, "coredump_agent_uploaded_total"),
+        5.0
+    );
+    assert_eq!(
+        coredump_integration::agent::parse_metric(&m, "coredump_agent_captured_total"),
+        5.0
+    );
+    assert!(peak <= SPOOL_MAX, "spool peaked at {peak} bytes");
+    wait("the spool to be empty", &agent, WAIT, || {
+        agent.spooled().is_empty().then_some(())
+    });
+    // Drop records are counted and removed, so they cannot pile up either.
+    let records = std::fs::read_dir(agent.spool.join("dropped"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(records, 0);
+    stop_and_check_restored(agent, &before);
+}
