@@ -35,6 +35,12 @@ pub struct AgentOptions {
     /// How long to wait for the agent to be ready (it may wait for the core_pattern lock
     /// held by another test binary).
     pub ready_timeout: Duration,
+    /// Use this directory (spool `s`, handler `h`) and leave it in place when stopped, e.g.
+    /// to restart an agent on the spool of a previous one. Default: a fresh one, removed
+    /// when the agent is dropped.
+    pub dir: Option<PathBuf>,
+    /// Another server URL than the environment's (e.g. one nobody listens on).
+    pub server_url: Option<String>,
 }
 
 impl AgentOptions {
@@ -44,6 +50,8 @@ impl AgentOptions {
             args: Vec::new(),
             lifetime: Lifetime::Scoped,
             ready_timeout: Duration::from_secs(600),
+            dir: None,
+            server_url: None,
         }
     }
 
@@ -85,11 +93,16 @@ impl Agent {
         server_ca: &Path,
         opts: AgentOptions,
     ) -> Result<Self, Error> {
-        let dir = tempfile::Builder::new()
-            .prefix("cda")
-            .tempdir_in("/tmp")
-            .map_err(|e| Error::Io("agent tempdir".into(), e))?
-            .keep();
+        let keep_dir = opts.dir.is_some() || opts.lifetime == Lifetime::Detached;
+        let dir = match &opts.dir {
+            Some(d) => d.clone(),
+            None => tempfile::Builder::new()
+                .prefix("cda")
+                .tempdir_in("/tmp")
+                .map_err(|e| Error::Io("agent tempdir".into(), e))?
+                .keep(),
+        };
+        let server_url = opts.server_url.as_deref().unwrap_or(server_url);
         let spool = dir.join("s");
         let handler = dir.join("h");
         let port = free_port()?;
@@ -119,7 +132,7 @@ impl Agent {
             handler,
             metrics_addr,
             proc: Some(proc),
-            keep_dir: opts.lifetime == Lifetime::Detached,
+            keep_dir,
         };
         agent.wait_ready(opts.ready_timeout)?;
         Ok(agent)

@@ -537,3 +537,138 @@ fn a_crash_loop_stays_within_the_rate_limit_and_the_spool_limit() {
     assert_eq!(records, 0);
     stop_and_check_restored(agent, &before);
 }
+
+/// The name the agent gives a core (its contract, see node-handler's `deliver` module):
+/// `<pod>-` and 10 hex digits of SHA-256 over node, spool ID and checksum.
+fn agent_name(pod: &str, node: &str, id: &str, sha: &str) -> String {
+    let mut h = Sha256::new();
+    for part in [node, id, sha] {
+        h.update(part.as_bytes());
+        h.update([0u8]);
+    }
+    format!("{pod}-{}", &hex::encode(h.finalize())[..10])
+}
+
+#[test]
+fn a_restarted_agent_finds_the_coredumps_of_lost_answers() {
+    if !can_run("a_restarted_agent_finds_the_coredumps_of_lost_answers") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("lost");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-lost").expect("namespace");
+    let pod = FakePod::create(&kubectl, &ns, "api-0", &node, json!({})).expect("pod");
+    let dir = tempfile::Builder::new()
+        .prefix("cdr")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+
+    // A first agent that cannot reach the server spools three cores, then stops.
+    let mut opts = AgentOptions::new(&node).arg("--max-backoff=1s");
+    opts.dir = Some(dir.path().to_path_buf());
+    opts.server_url = Some("https://127.0.0.1:1".into());
+    let mut first = Agent::start(env(), opts.clone()).expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+    for _ in 0..3 {
+        crash(crasher(), &cg.procs(), "abort", 1).expect("crash");
+    }
+    wait("three cores in the spool", &first, WAIT, || {
+        (first.spooled().len() == 3).then_some(())
+    });
+    first.stop();
+    assert_eq!(core_pattern(), before);
+    let mut ids = first.spooled();
+    ids.sort();
+    let meta: Vec<Value> = ids
+        .iter()
+        .map(|id| {
+            let p = first.spool.join("cores").join(id).join("metadata.json");
+            serde_json::from_slice(&std::fs::read(p).expect("metadata")).expect("json")
+        })
+        .collect();
+    drop(first);
+
+    // What earlier attempts whose answers were lost would have left on the server.
+    let c = direct();
+    let post = |name: &str, m: &Value, sha: &str| {
+        let body = json!({
+            "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {
+                "nodeName": node, "podName": "api-0", "podUID": pod.uid,
+                "containerName": "app", "signal": 6, "signalName": "SIGABRT",
+                "dumpTime": "2026-01-01T00:00:00Z",
+                "size": m["rawSize"].to_string(), "storedSize": m["storedSize"].to_string(),
+                "sha256": sha
+            }
+        });
+        let r = c
+            .request(
+                "POST",
+                &format!("{API}/namespaces/{ns}/coredumps"),
+                &[("Content-Type", "application/json")],
+                Some(&serde_json::to_vec(&body).expect("json")),
+            )
+            .expect("curl");
+        assert_eq!(r.status, 201, "{}", r.text());
+    };
+    let sha = |m: &Value| m["sha256"].as_str().expect("sha").to_string();
+    let names: Vec<String> = ids
+        .iter()
+        .zip(&meta)
+        .map(|(id, m)| agent_name("api-0", &node, id, &sha(m)))
+        .collect();
+    // 1: created, the upload never happened.
+    post(&names[0], &meta[0], &sha(&meta[0]));
+    // 2: created and uploaded; only the answer was lost.
+    post(&names[1], &meta[1], &sha(&meta[1]));
+    let core =
+        std::fs::read(dir.path().join("s/cores").join(&ids[1]).join("core.zst")).expect("core.zst");
+    let r = c
+        .request(
+            "PUT",
+            &format!("{API}/namespaces/{ns}/coredumps/{}/upload", names[1]),
+            &[("Content-Type", "application/zstd")],
+            Some(&core),
+        )
+        .expect("curl");
+    assert_eq!(r.status, 200, "{}", r.text());
+    // 3: the name is taken by something else (another core): the agent moves on.
+    post(&names[2], &meta[2], &"ab".repeat(32));
+
+    opts.server_url = None;
+    let second = Agent::start(env(), opts).expect("agent");
+    wait("the spool to be empty", &second, WAIT, || {
+        second.spooled().is_empty().then_some(())
+    });
+    let items = coredumps(&ns).expect("list");
+    let by_name = |n: &str| {
+        items
+            .iter()
+            .find(|i| i["metadata"]["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} in {items:#?}"))
+    };
+    assert_eq!(items.len(), 4, "{items:#?}");
+    for (name, m) in names.iter().take(2).zip(&meta) {
+        assert_eq!(phase(by_name(name)), "Stored", "{name}");
+        assert_eq!(by_name(name)["spec"]["sha256"], sha(m));
+    }
+    assert_eq!(
+        phase(by_name(&names[2])),
+        "Pending",
+        "the other core's object is left alone"
+    );
+    let moved = by_name(&format!("{}-1", names[2]));
+    assert_eq!(phase(moved), "Stored");
+    assert_eq!(moved["spec"]["sha256"], sha(&meta[2]));
+    assert_eq!(
+        second
+            .metric("coredump_agent_uploaded_total")
+            .expect("metrics"),
+        3.0
+    );
+    stop_and_check_restored(second, &before);
+}
