@@ -384,6 +384,17 @@ fn node_agent_and_server_service_accounts_have_what_they_need() {
         assert!(can_i(&k, args), "server {args:?}");
     }
     assert!(!can_i(&k, &["get", "secrets", "-n", "kube-system", server]));
+    // The server follows the ConfigMap with a list+watch narrowed by a field selector; RBAC
+    // matches that against the Role's resourceNames.
+    k.ok(&[
+        "get",
+        "configmaps",
+        "-n",
+        "kube-system",
+        "--field-selector=metadata.name=extension-apiserver-authentication",
+        server,
+    ])
+    .expect("list the authentication ConfigMap by name");
 }
 
 #[test]
