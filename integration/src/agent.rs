@@ -41,6 +41,9 @@ pub struct AgentOptions {
     pub dir: Option<PathBuf>,
     /// Another server URL than the environment's (e.g. one nobody listens on).
     pub server_url: Option<String>,
+    /// Authenticate to the server with the bearer token in this file (re-read by the agent
+    /// for every request) instead of the admin's client certificate.
+    pub token_file: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -52,6 +55,7 @@ impl AgentOptions {
             ready_timeout: Duration::from_secs(600),
             dir: None,
             server_url: None,
+            token_file: None,
         }
     }
 
@@ -114,8 +118,6 @@ impl Agent {
             .arg(format!("--spool={}", spool.display()))
             .arg(format!("--server={server_url}"))
             .arg(format!("--server-ca={}", server_ca.display()))
-            .arg(format!("--client-cert={}", pki.join("admin.crt").display()))
-            .arg(format!("--client-key={}", pki.join("admin.key").display()))
             .arg(format!("--kubeconfig={}", ep.kubeconfig.display()))
             .arg(format!("--handler-path={}", handler.display()))
             .arg(format!("--metrics-addr={metrics_addr}"))
@@ -124,6 +126,15 @@ impl Agent {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             );
+        match &opts.token_file {
+            Some(t) => {
+                cmd.arg(format!("--token-file={}", t.display()));
+            }
+            None => {
+                cmd.arg(format!("--client-cert={}", pki.join("admin.crt").display()))
+                    .arg(format!("--client-key={}", pki.join("admin.key").display()));
+            }
+        }
         let proc = Proc::spawn("agent", cmd, &dir, opts.lifetime)?;
         let mut agent = Self {
             node: opts.node,

@@ -672,3 +672,210 @@ fn a_restarted_agent_finds_the_coredumps_of_lost_answers() {
     );
     stop_and_check_restored(second, &before);
 }
+
+/// Writes a token file the way the kubelet rotates one: a new file renamed into place.
+fn write_token(path: &Path, token: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, token).expect("write token");
+    std::fs::rename(&tmp, path).expect("rename token");
+}
+
+#[test]
+fn with_the_deployed_rbac_and_a_rotating_pod_bound_token() {
+    if !can_run("with_the_deployed_rbac_and_a_rotating_pod_bound_token") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("token");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-token").expect("namespace");
+    let pod = FakePod::create(&kubectl, &ns, "svc-0", &node, json!({})).expect("pod");
+    // The agent's identity as deployed: the node-agent role from deploy/rbac, a service
+    // account, and a token bound to the agent's pod on this node (so the server's node
+    // restriction applies).
+    kubectl
+        .ok(&[
+            "apply",
+            "-k",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac"),
+        ])
+        .expect("apply rbac");
+    kubectl
+        .ok(&["create", "serviceaccount", "agent", "-n", &ns])
+        .expect("sa");
+    kubectl
+        .apply(&json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "agent", "namespace": ns},
+             "spec": {"nodeName": node, "serviceAccountName": "agent",
+                      "automountServiceAccountToken": false,
+                      "containers": [{"name": "agent", "image": "node-handler:1"}]}},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+             "metadata": {"name": "agent", "namespace": ns},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                         "name": "coredump-node-agent"},
+             "subjects": [{"kind": "ServiceAccount", "name": "agent", "namespace": ns}]}
+        ]}))
+        .expect("agent pod and binding");
+    let dir = tempfile::Builder::new()
+        .prefix("cdt")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+
+    // Two cores spooled while the server was unreachable; the second one's Coredump was
+    // created by an attempt whose answer was lost.
+    let mut opts = AgentOptions::new(&node).arg("--max-backoff=1s");
+    opts.dir = Some(dir.path().to_path_buf());
+    opts.server_url = Some("https://127.0.0.1:1".into());
+    let mut first = Agent::start(env(), opts.clone()).expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+    for _ in 0..2 {
+        crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
+    }
+    wait("two cores in the spool", &first, WAIT, || {
+        (first.spooled().len() == 2).then_some(())
+    });
+    first.stop();
+    let mut ids = first.spooled();
+    ids.sort();
+    drop(first);
+    let meta: Value = serde_json::from_slice(
+        &std::fs::read(
+            dir.path()
+                .join("s/cores")
+                .join(&ids[1])
+                .join("metadata.json"),
+        )
+        .expect("metadata"),
+    )
+    .expect("json");
+    let sha = meta["sha256"].as_str().expect("sha");
+    let lost = agent_name("svc-0", &node, &ids[1], sha);
+    let body = json!({
+        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+        "metadata": {"name": lost, "namespace": ns},
+        "spec": {
+            "nodeName": node, "podName": "svc-0", "podUID": pod.uid,
+            "containerName": "app", "signal": 11, "dumpTime": "2026-01-01T00:00:00Z",
+            "size": meta["rawSize"].to_string(), "storedSize": meta["storedSize"].to_string(),
+            "sha256": sha
+        }
+    });
+    let r = direct()
+        .request(
+            "POST",
+            &format!("{API}/namespaces/{ns}/coredumps"),
+            &[("Content-Type", "application/json")],
+            Some(&serde_json::to_vec(&body).expect("json")),
+        )
+        .expect("curl");
+    assert_eq!(r.status, 201, "{}", r.text());
+
+    // The token the agent starts with is not (or no longer) valid.
+    let token_file = dir.path().join("token");
+    write_token(&token_file, "not-a-valid-token");
+    opts.server_url = None;
+    opts.token_file = Some(token_file.clone());
+    let second = Agent::start(env(), opts).expect("agent");
+    wait("refused attempts", &second, WAIT, || {
+        let n = second
+            .metric("coredump_agent_delivery_retries_total")
+            .ok()?;
+        (n >= 2.0).then_some(())
+    });
+    assert_eq!(second.spooled().len(), 2, "kept while unauthenticated");
+
+    // The kubelet rotates the token: the agent reads the new one on its next request.
+    let token = kubectl
+        .ok(&[
+            "create",
+            "token",
+            "agent",
+            "-n",
+            &ns,
+            "--bound-object-kind=Pod",
+            "--bound-object-name=agent",
+        ])
+        .expect("token");
+    let rotated = Instant::now();
+    write_token(&token_file, token.trim());
+    let items = wait_stored(&second, &ns, 2);
+    eprintln!(
+        "token rotated -> both Stored: {:?}; agent log:\n{}",
+        rotated.elapsed(),
+        second.log_tail(12)
+    );
+    assert_eq!(items.len(), 2, "{items:#?}");
+    assert!(items.iter().any(|i| i["metadata"]["name"] == lost.as_str()));
+    wait("the spool to be empty", &second, WAIT, || {
+        second.spooled().is_empty().then_some(())
+    });
+    assert_eq!(
+        second
+            .metric("coredump_agent_uploaded_total")
+            .expect("metrics"),
+        2.0
+    );
+    stop_and_check_restored(second, &before);
+}
+
+#[test]
+fn a_core_over_quota_is_recorded_as_rejected_and_not_kept() {
+    if !can_run("a_core_over_quota_is_recorded_as_rejected_and_not_kept") {
+        return;
+    }
+    let _serial = serial();
+    let before = core_pattern();
+    let kubectl = env().kubectl();
+    let node = node_name("quota");
+    create_node(&kubectl, &node).expect("node");
+    let ns = env().namespace("node-quota").expect("namespace");
+    kubectl
+        .apply(&json!({
+            "apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+            "metadata": {"name": "none", "namespace": ns},
+            "spec": {"hard": {"count": "0"}}
+        }))
+        .expect("quota");
+    let pod = FakePod::create(&kubectl, &ns, "big-0", &node, json!({})).expect("pod");
+    let agent = Agent::start(env(), AgentOptions::new(&node)).expect("agent");
+    let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
+    crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
+    wait("the QuotaExceeded drop", &agent, WAIT, || {
+        let n = agent
+            .metric("coredump_agent_dropped_total{reason=\"QuotaExceeded\"}")
+            .ok()?;
+        (n >= 1.0).then_some(())
+    });
+    assert!(agent.spooled().is_empty(), "a rejected core is not kept");
+    let items = coredumps(&ns).expect("list");
+    assert_eq!(items.len(), 1, "{items:#?}");
+    assert_eq!(phase(&items[0]), "Rejected");
+    assert_eq!(items[0]["status"]["reason"], "QuotaExceeded");
+    let event = wait("the CoreDumped event", &agent, WAIT, || {
+        let out = kubectl
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector",
+                "reason=CoreDumped",
+                "-o",
+                "json",
+            ])
+            .ok()?;
+        let v: Value = serde_json::from_str(&out).ok()?;
+        v["items"].as_array()?.first().cloned()
+    });
+    let msg = event["message"].as_str().unwrap_or_default();
+    assert!(msg.contains("not kept") && msg.contains("quota"), "{msg}");
+    assert_eq!(
+        agent
+            .metric("coredump_agent_uploaded_total")
+            .expect("metrics"),
+        0.0
+    );
+    stop_and_check_restored(agent, &before);
+}

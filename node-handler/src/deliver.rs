@@ -599,7 +599,11 @@ pub async fn deliver(
     }
     let ns = attr.namespace.as_str();
     let mut skipped = Vec::new();
-    for attempt in 0..MAX_NAMES {
+    let mut attempt = 0;
+    // Bounds the loop when objects keep vanishing under us.
+    let mut rounds = 0;
+    while attempt < MAX_NAMES && rounds < 3 * MAX_NAMES {
+        rounds += 1;
         let name = coredump_name(&attr.pod_name, node, &entry.id, &entry.sha256, attempt);
         let cd = build_coredump(entry, attr, node, &name);
         let errors = validate_coredump(&cd);
@@ -608,16 +612,26 @@ pub async fn deliver(
             return Err(DeliverError::Invalid(list.join("; ")));
         }
         let created = client.create(&cd, ns).await?;
+        // Uploading to an object we could not read.
+        let mut blind = false;
         let next = match created.status.as_u16() {
             200 | 201 => judge(&parse_coredump(&created)?, entry, &name),
+            // Ours from an attempt whose answer was lost, most likely.
             409 if created.status_reason().as_deref() == Some("AlreadyExists") => {
-                // Ours from an attempt whose answer was lost, most likely.
-                let got = client.get(ns, &name).await?;
-                match got.status.as_u16() {
-                    200 => judge(&parse_coredump(&got)?, entry, &name),
-                    // Deleted between the two requests: try this name again.
-                    404 => continue,
-                    _ => return Err(unexpected("reading the existing Coredump", &got)),
+                match look(client, ns, &name, entry).await? {
+                    Look::Is(next) => next,
+                    // Deleted between the two requests: the same name again.
+                    Look::Gone => continue,
+                    // No `get` permission: the upload itself tells whether
+                    // it is ours and Pending.
+                    Look::Forbidden => {
+                        tracing::info!(
+                            coredump = name,
+                            "exists and may not be read (no get on coredumps): uploading to it"
+                        );
+                        blind = true;
+                        Next::Upload
+                    }
                 }
             }
             _ => return Err(unexpected("creating the Coredump", &created)),
@@ -626,6 +640,7 @@ pub async fn deliver(
             Next::Done(d) => return Ok(d),
             Next::Skip(why) => {
                 skipped.push(why);
+                attempt += 1;
                 continue;
             }
             Next::Upload => {}
@@ -640,30 +655,65 @@ pub async fn deliver(
             }
             // No longer Pending: a concurrent attempt finished, it expired,
             // or it was deleted. Look again.
-            409 | 404 => {
-                let got = client.get(ns, &name).await?;
-                match (got.status.as_u16(), got.status) {
-                    (200, _) => match judge(&parse_coredump(&got)?, entry, &name) {
-                        Next::Done(d) => return Ok(d),
-                        Next::Skip(why) => skipped.push(why),
-                        Next::Upload => {
-                            return Err(DeliverError::Transient(format!(
-                                "{name}: upload refused while Pending: {}",
-                                put.message()
-                            )))
-                        }
-                    },
-                    (404, _) => skipped.push(format!("{name} was deleted during the upload")),
-                    _ => return Err(unexpected("reading the Coredump after the upload", &got)),
+            409 | 404 => match look(client, ns, &name, entry).await? {
+                Look::Is(Next::Done(d)) => return Ok(d),
+                Look::Is(Next::Skip(why)) => {
+                    skipped.push(why);
+                    attempt += 1;
                 }
+                Look::Is(Next::Upload) => {
+                    return Err(DeliverError::Transient(format!(
+                        "{name}: upload refused while Pending: {}",
+                        put.message()
+                    )))
+                }
+                Look::Gone => {
+                    skipped.push(format!("{name} was deleted during the upload"));
+                    attempt += 1;
+                }
+                // Stored, Rejected or Failed cannot be told apart without
+                // reading it: a new name risks a duplicate, never a loss.
+                Look::Forbidden => {
+                    skipped.push(format!("{name}: {}", put.message()));
+                    attempt += 1;
+                }
+            },
+            // A checksum or size mismatch on an object we could not read:
+            // it holds another core, not a broken one of ours.
+            422 if blind => {
+                skipped.push(format!("{name} holds another core: {}", put.message()));
+                attempt += 1;
             }
             _ => return Err(unexpected("uploading the core", &put)),
         }
     }
     Err(DeliverError::Invalid(format!(
-        "no usable name after {MAX_NAMES} tries: {}",
+        "no usable name after {attempt} tries: {}",
         skipped.join("; ")
     )))
+}
+
+/// What a GET of an existing name found.
+enum Look {
+    Is(Next),
+    Gone,
+    /// RBAC grants no `get` on coredumps.
+    Forbidden,
+}
+
+async fn look(
+    client: &ServerClient,
+    ns: &str,
+    name: &str,
+    entry: &SpoolEntry,
+) -> Result<Look, DeliverError> {
+    let got = client.get(ns, name).await?;
+    match got.status.as_u16() {
+        200 => Ok(Look::Is(judge(&parse_coredump(&got)?, entry, name))),
+        404 => Ok(Look::Gone),
+        403 => Ok(Look::Forbidden),
+        _ => Err(unexpected("reading the existing Coredump", &got)),
+    }
 }
 
 #[cfg(test)]

@@ -377,8 +377,11 @@ fn run_install(c: InstallCmd) -> anyhow::Result<()> {
 }
 
 fn init_stderr_logging() {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        // Colour codes only for people, not for the DaemonSet's log.
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
