@@ -18,13 +18,36 @@ pub struct Args {
     #[arg(long, env = "COREDUMP_SECURE_PORT", default_value_t = 8443)]
     pub secure_port: u16,
 
-    /// Serving certificate (PEM, leaf first); reloaded when it changes.
-    #[arg(long, env = "COREDUMP_TLS_CERT_FILE")]
-    pub tls_cert_file: PathBuf,
+    /// Serving certificate (PEM, leaf first); reloaded when it changes. Required unless
+    /// --self-signed.
+    #[arg(
+        long,
+        env = "COREDUMP_TLS_CERT_FILE",
+        required_unless_present = "self_signed",
+        conflicts_with = "self_signed"
+    )]
+    pub tls_cert_file: Option<PathBuf>,
 
     /// Serving key (PEM); reloaded when it changes.
-    #[arg(long, env = "COREDUMP_TLS_PRIVATE_KEY_FILE")]
-    pub tls_private_key_file: PathBuf,
+    #[arg(
+        long,
+        env = "COREDUMP_TLS_PRIVATE_KEY_FILE",
+        required_unless_present = "self_signed",
+        conflicts_with = "self_signed"
+    )]
+    pub tls_private_key_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub self_cert: crate::selfcert::SelfCertArgs,
+
+    /// Audiences a bearer token must be issued for (comma-separated), e.g. the audience of
+    /// the node agents' projected tokens; empty: kube-apiserver's own audiences.
+    #[arg(
+        long,
+        env = "COREDUMP_AUTHENTICATION_TOKEN_AUDIENCES",
+        value_delimiter = ','
+    )]
+    pub authentication_token_audiences: Vec<String>,
 
     /// Directory for the metadata store and the stored cores.
     #[arg(

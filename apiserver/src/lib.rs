@@ -11,6 +11,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod noderestriction;
 pub mod registry;
+pub mod selfcert;
 pub mod serve;
 pub mod store;
 pub mod tls;
@@ -34,6 +35,8 @@ pub enum StartError {
     Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    SelfCert(#[from] selfcert::SelfCertError),
     #[error("core storage: {0}")]
     Blobs(#[from] blobs::BlobError),
     #[error("invalid flag {flag}: {message}")]
@@ -66,12 +69,27 @@ pub async fn run(
     args: Args,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), StartError> {
+    let client = auth::kube_client(args.kubeconfig.as_deref()).await?;
+    // Serving certificate: our own self-signed one (kept in a Secret, trusted by the
+    // APIService), or files from elsewhere (cert-manager, your PKI).
+    let (cert_file, key_file) = match args.self_cert.config()? {
+        Some(cfg) => {
+            let paths = selfcert::ensure(client.clone(), &cfg).await?;
+            selfcert::spawn(client.clone(), cfg);
+            paths
+        }
+        None => match (&args.tls_cert_file, &args.tls_private_key_file) {
+            (Some(c), Some(k)) => (c.clone(), k.clone()),
+            _ => return Err(StartError::Flag {
+                flag: "--tls-cert-file",
+                message:
+                    "--tls-cert-file and --tls-private-key-file are required without --self-signed"
+                        .into(),
+            }),
+        },
+    };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cert = tls::ReloadingCert::load(
-        &args.tls_cert_file,
-        &args.tls_private_key_file,
-        Arc::clone(&provider),
-    )?;
+    let cert = tls::ReloadingCert::load(&cert_file, &key_file, Arc::clone(&provider))?;
     cert.watch(Duration::from_secs(10));
     let tls = Arc::new(tls::server_config(cert, provider)?);
 
@@ -118,13 +136,13 @@ pub async fn run(
     .spawn(
         duration("--maintenance-interval", &args.maintenance_interval)?.max(Duration::from_secs(1)),
     );
-    let client = auth::kube_client(args.kubeconfig.as_deref()).await?;
     let auth = auth::Auth::new(
         client.clone(),
         auth::AuthConfig {
             token_cache_ttl: duration("--authn-cache-ttl", &args.authn_cache_ttl)?,
             allow_cache_ttl: duration("--authz-cache-ttl", &args.authz_cache_ttl)?,
             deny_cache_ttl: duration("--authz-cache-ttl", &args.authz_cache_ttl)?,
+            token_audiences: args.authentication_token_audiences.clone(),
             ..Default::default()
         },
     )

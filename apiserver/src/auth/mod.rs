@@ -91,6 +91,9 @@ pub struct AuthConfig {
     pub cache_size: usize,
     /// A TokenReview or SubjectAccessReview taking longer fails the request.
     pub review_timeout: Duration,
+    /// Audiences bearer tokens must be for (TokenReview `spec.audiences`); empty:
+    /// kube-apiserver's own.
+    pub token_audiences: Vec<String>,
     /// How long [`Auth::new`] waits for the first read of the ConfigMap before returning;
     /// requests get 503 until it has been read.
     pub initial_load_timeout: Duration,
@@ -104,6 +107,7 @@ impl Default for AuthConfig {
             deny_cache_ttl: Duration::from_secs(10),
             cache_size: 4096,
             review_timeout: Duration::from_secs(10),
+            token_audiences: Vec::new(),
             initial_load_timeout: Duration::from_secs(10),
         }
     }
@@ -168,6 +172,8 @@ pub(crate) trait Reviewer: Send + Sync {
 struct KubeReviewer {
     tokens: Api<TokenReview>,
     access: Api<SubjectAccessReview>,
+    /// Audiences a token must be for; empty: kube-apiserver's own.
+    audiences: Vec<String>,
 }
 
 impl Reviewer for KubeReviewer {
@@ -180,7 +186,7 @@ impl Reviewer for KubeReviewer {
                 // No audiences: kube-apiserver checks against its own, as for its own clients.
                 spec: TokenReviewSpec {
                     token: token.to_string(),
-                    audiences: None,
+                    audiences: (!self.audiences.is_empty()).then(|| self.audiences.clone()),
                 },
                 ..Default::default()
             };
@@ -267,6 +273,7 @@ impl Auth {
         let reviewer = Arc::new(KubeReviewer {
             tokens: Api::all(client.clone()),
             access: Api::all(client),
+            audiences: cfg.token_audiences.clone(),
         });
         let mut auth = Self::with_reviewer(reviewer, cfg, rx);
         auth.follower = Some(follower);
