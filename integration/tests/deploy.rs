@@ -805,7 +805,7 @@ fn build_script_builds_images_whose_binaries_start() {
             "node-handler",
             "/coredump-node-handler",
             "0:0",
-            vec!["restore-pattern"],
+            vec!["agent", "restore-pattern"],
         ),
     ] {
         let r = format!("coredump-detector/{image}:{version}");
@@ -813,6 +813,13 @@ fn build_script_builds_images_whose_binaries_start() {
         let config = buildah(&["inspect", "--type", "container", &ctr]);
         let config: Value = serde_json::from_str(&config).unwrap();
         assert_eq!(config["OCIv1"]["config"]["User"], user, "{r}");
+        // Nothing but the binary and the few files from the build context (looked at
+        // before anything runs: `buildah run` adds /etc/hosts and friends to the
+        // working container).
+        let mnt = buildah(&["mount", &ctr]);
+        let mut files = Vec::new();
+        collect_files(Path::new(&mnt), Path::new(&mnt), &mut files);
+        buildah(&["umount", &ctr]);
         let run = |args: &[&str]| {
             let mut all = vec![
                 "run",
@@ -833,11 +840,6 @@ fn build_script_builds_images_whose_binaries_start() {
             let h = run(&[sub, "--help"]);
             assert!(h.contains("Usage"), "{r} {sub}: {h}");
         }
-        // Nothing but the binary and the few files from the build context.
-        let mnt = buildah(&["mount", &ctr]);
-        let mut files = Vec::new();
-        collect_files(Path::new(&mnt), Path::new(&mnt), &mut files);
-        buildah(&["umount", &ctr]);
         buildah(&["rm", &ctr]);
         let expected: BTreeSet<String> = [
             bin.trim_start_matches('/'),
