@@ -954,3 +954,87 @@ fn deleting_a_namespace_removes_its_coredumps() {
         .json();
     assert_eq!(left["items"].as_array().map(Vec::len), Some(0), "{left}");
 }
+
+#[test]
+fn served_openapi_matches_the_checked_in_documents() {
+    let k = env().kubectl();
+    let checked_in = |file: &str| -> Value {
+        let path = format!("{}/../openapi/{file}", env!("CARGO_MANIFEST_DIR"));
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json")
+    };
+    // Through the aggregator, which fetches it from the extension server.
+    let v3: Value = serde_json::from_str(
+        &k.ok(&["get", "--raw", "/openapi/v3/apis/coredump.io/v1alpha1"])
+            .expect("v3"),
+    )
+    .expect("json");
+    assert_eq!(
+        v3,
+        checked_in("openapi-v3.json"),
+        "served v3 document drifted from openapi/openapi-v3.json"
+    );
+    let direct = admin_curl();
+    let index = direct.get("/openapi/v3", &[]).expect("curl").json();
+    assert!(
+        index["paths"]["apis/coredump.io/v1alpha1"]["serverRelativeURL"].is_string(),
+        "{index}"
+    );
+    let server = env().server();
+    let ext = Curl {
+        base: server.url.clone(),
+        ca: server.ca_cert.clone(),
+        cred: direct.cred.clone(),
+    };
+    drop(server);
+    let v2 = ext.get("/openapi/v2", &[]).expect("curl").json();
+    assert_eq!(
+        v2,
+        checked_in("openapi-v2.json"),
+        "served v2 document drifted from openapi/openapi-v2.json"
+    );
+}
+
+#[test]
+fn metrics_count_requests_by_verb_resource_and_code() {
+    let ns = env().namespace("api-metrics").expect("ns");
+    let k = env().kubectl();
+    create(&k, &coredump(&ns, "m", "web", "node-a"));
+    let _ = k.run(&["get", "coredump", "missing", "-n", &ns]);
+    let server = env().server();
+    let c = Curl {
+        base: server.url.clone(),
+        ca: server.ca_cert.clone(),
+        cred: admin_curl().cred,
+    };
+    drop(server);
+    let text = c.get("/metrics", &[]).expect("curl").text();
+    let has = |needle: &str| text.lines().any(|l| l.contains(needle));
+    assert!(
+        has(
+            r#"coredump_apiserver_requests_total{code="201",resource="coredumps",subresource="",verb="create"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"coredump_apiserver_requests_total{code="404",resource="coredumps",subresource="",verb="get"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"coredump_apiserver_request_duration_seconds_bucket{resource="coredumps",subresource="",verb="create""#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"coredump_apiserver_objects{resource="coredumps"}"#),
+        "{text}"
+    );
+    // Unauthenticated callers get no metrics.
+    let anon = Curl {
+        cred: coredump_integration::curl::Credential::None,
+        ..c
+    };
+    assert_eq!(anon.get("/metrics", &[]).expect("curl").status, 401);
+}

@@ -449,3 +449,47 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
             .unwrap_or(false)
     });
 }
+
+#[test]
+fn serving_certificate_files_are_reloaded_without_a_restart() {
+    use coredump_integration::pki::{Ca, Usage};
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (cert_file, key_file, dir) = {
+        let s = env().server();
+        (s.serving.cert.clone(), s.serving.key.clone(), s.dir.clone())
+    };
+    let original = (
+        std::fs::read(&cert_file).expect("cert"),
+        std::fs::read(&key_file).expect("key"),
+    );
+    let ca = Ca::new("rotated-ca").expect("ca");
+    let ca_file = ca
+        .write_cert(&dir.join("rotated-ca.crt"))
+        .expect("write ca");
+    let pair = ca
+        .issue(
+            "coredump-apiserver.coredump-system.svc",
+            None,
+            &["127.0.0.1"],
+            Usage::Server,
+        )
+        .expect("issue");
+    let mut rotated = direct();
+    rotated.ca = ca_file;
+    std::fs::write(&key_file, &pair.key_pem).expect("write key");
+    std::fs::write(&cert_file, &pair.cert_pem).expect("write cert");
+    eventually("the rotated certificate to be served", || {
+        rotated
+            .get("/readyz", &[])
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+    std::fs::write(&key_file, &original.1).expect("restore key");
+    std::fs::write(&cert_file, &original.0).expect("restore cert");
+    eventually("the original certificate to be served again", || {
+        direct()
+            .get("/readyz", &[])
+            .map(|r| r.status == 200)
+            .unwrap_or(false)
+    });
+}
