@@ -12,13 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 use coredump_integration::bins::workspace_bin;
 use coredump_integration::env::TestEnv;
 use coredump_integration::kubectl::Kubectl;
+use coredump_integration::process::{Lifetime, Proc};
 use serde_json::Value;
 
-// The module itself, compiled into this test: it needs only public crates, and so the
-// tests run whether or not the server binary has it wired in yet.
-#[allow(dead_code)]
-#[path = "../../apiserver/src/selfcert.rs"]
-mod selfcert;
+use coredump_apiserver::selfcert;
 
 const SERVICE_DNS: &str = "coredump-apiserver.coredump-system.svc";
 const APISERVICE: &str = "v1alpha1.coredump.io";
@@ -735,6 +732,148 @@ fn self_signed_certificate_makes_the_apiservice_available() {
     only_new.write_all(&now_data["ca.crt"]).unwrap();
     wait_curl_livez(only_new.path(), Duration::from_secs(30));
     wait_available(&kubectl, Duration::from_secs(90));
+}
+
+/// A kubeconfig for kube-apiserver that authenticates as `token`.
+fn token_kubeconfig(path: &Path, token: &str) {
+    let ep = &env().cp.endpoints;
+    let kc = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": {
+            "server": ep.server,
+            "certificate-authority": ep.ca_cert,
+        }}],
+        "users": [{"name": "u", "user": {"token": token.trim()}}],
+        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "c",
+    });
+    std::fs::write(path, serde_json::to_vec_pretty(&kc).unwrap()).unwrap();
+}
+
+/// The real server binary with `--self-signed`, authenticating to kube-apiserver as its
+/// ServiceAccount with only the permissions deploy/ grants it, takes the harness server's
+/// place (port, data) and becomes Available through the aggregator.
+#[test]
+fn server_binary_with_self_signed_and_the_deployed_rbac_becomes_available() {
+    let _g = serial();
+    let env = env();
+    let kubectl = env.kubectl();
+    kubectl
+        .ok(&["apply", "-k", &deploy("rbac")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    kubectl
+        .ok(&["apply", "-f", &deploy("base/selfcert-rbac.yaml")])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let _ = kubectl.run(&[
+        "delete",
+        "secret",
+        SECRET,
+        "-n",
+        NAMESPACE,
+        "--ignore-not-found",
+    ]);
+    let token = kubectl
+        .ok(&[
+            "create",
+            "token",
+            "coredump-apiserver",
+            "-n",
+            NAMESPACE,
+            "--duration=1h",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    token_kubeconfig(&kubeconfig, &token);
+    let cert_dir = dir.path().join("tls");
+
+    let mut server = env.server();
+    server.stop();
+    let mut cmd = Command::new(workspace_bin("coredump-apiserver").unwrap());
+    cmd.args([
+        "--bind-address=127.0.0.1".to_string(),
+        format!("--secure-port={}", server.port),
+        "--self-signed".to_string(),
+        format!("--self-signed-cert-dir={}", cert_dir.display()),
+        format!("--data-dir={}", server.dir.join("data").display()),
+        format!("--kubeconfig={}", kubeconfig.display()),
+    ])
+    .env_remove("POD_NAMESPACE")
+    .env("RUST_LOG", "info");
+    let mut proc = Proc::spawn("selfsigned-apiserver", cmd, dir.path(), Lifetime::Scoped).unwrap();
+
+    let start = Instant::now();
+    loop {
+        if let Some(status) = proc.exited() {
+            panic!(
+                "coredump-apiserver --self-signed exited ({status}):\n{}",
+                proc.log_tail(40)
+            );
+        }
+        let available = kubectl
+            .ok(&[
+                "get",
+                "apiservice",
+                APISERVICE,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Available\")].status}",
+            ])
+            .unwrap_or_default();
+        if available.trim() == "True" && secret_exists(&kubectl) {
+            // Available may still be the harness server's verdict from before: require the
+            // caBundle to be the one the server just wrote, and the API to answer.
+            let (_, data) = secret_data(&kubectl);
+            if apiservice_ca_bundle(&kubectl) == data["ca-bundle.crt"]
+                && kubectl.ok(&["get", "coredumps.coredump.io", "-A"]).is_ok()
+            {
+                break;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "not Available with --self-signed after 2 minutes; server log:\n{}",
+            proc.log_tail(40)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // It serves the certificate it wrote, trusted by the bundle it published.
+    let (secret, data) = secret_data(&kubectl);
+    assert_eq!(secret["type"], "kubernetes.io/tls");
+    assert_eq!(
+        std::fs::read(cert_dir.join("tls.crt")).unwrap(),
+        data["tls.crt"]
+    );
+    selfcert::verify_serving_cert(
+        &data["ca-bundle.crt"],
+        &data["tls.crt"],
+        SERVICE_DNS,
+        SystemTime::now(),
+    )
+    .unwrap();
+    let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+    assert!(
+        !log.contains("Forbidden") && !log.contains("forbidden"),
+        "{log}"
+    );
+    proc.stop();
+
+    // Give the harness its server back, serving the same certificate.
+    for (from, to) in [
+        (cert_dir.join("tls.key"), &server.serving.key),
+        (cert_dir.join("tls.crt"), &server.serving.cert),
+    ] {
+        std::fs::copy(from, to).unwrap();
+    }
+    server.restart().unwrap();
+    drop(server);
+    wait_available(&kubectl, Duration::from_secs(90));
+}
+
+fn secret_exists(kubectl: &Kubectl) -> bool {
+    kubectl
+        .ok(&["get", "secret", SECRET, "-n", NAMESPACE, "-o", "name"])
+        .is_ok()
 }
 
 fn count_certs(pem: &[u8]) -> usize {
