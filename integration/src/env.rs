@@ -68,6 +68,21 @@ impl TestEnv {
         self.server.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The extension server directly (not through the aggregator), as the cluster admin:
+    /// a client certificate in `system:masters` from the cluster CA.
+    pub fn direct_admin(&self) -> crate::curl::Curl {
+        let pki = self.cp.endpoints.dir.join("pki");
+        let server = self.server();
+        crate::curl::Curl {
+            base: server.url.clone(),
+            ca: server.ca_cert.clone(),
+            cred: crate::curl::Credential::Cert {
+                cert: pki.join("admin.crt"),
+                key: pki.join("admin.key"),
+            },
+        }
+    }
+
     /// Creates a fresh namespace `<prefix>-<n>` for one test.
     pub fn namespace(&self, prefix: &str) -> Result<String, Error> {
         static N: AtomicU32 = AtomicU32::new(0);

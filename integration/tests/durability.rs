@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coredump_integration::curl::{Credential, Curl};
+use coredump_integration::curl::Curl;
 use coredump_integration::env::TestEnv;
 use coredump_integration::{controlplane, extension};
 use serde_json::{json, Value};
@@ -49,16 +49,7 @@ fn quota(ns: &str, name: &str, n: usize) -> Value {
 
 /// The extension server directly, as the cluster admin (client certificate).
 fn direct() -> Curl {
-    let ep = &env().cp.endpoints;
-    let server = env().server();
-    Curl {
-        base: server.url.clone(),
-        ca: server.ca_cert.clone(),
-        cred: Credential::Cert {
-            cert: ep.dir.join("pki/admin.crt"),
-            key: ep.dir.join("pki/admin.key"),
-        },
-    }
+    env().direct_admin()
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use coredump_integration::curl::{Credential, Curl, Reply};
+use coredump_integration::curl::{Curl, Reply};
 use coredump_integration::env::TestEnv;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -17,16 +17,7 @@ fn env() -> &'static TestEnv {
 
 /// The extension server directly, as the cluster admin (client certificate).
 fn direct() -> Curl {
-    let ep = &env().cp.endpoints;
-    let server = env().server();
-    Curl {
-        base: server.url.clone(),
-        ca: server.ca_cert.clone(),
-        cred: Credential::Cert {
-            cert: ep.dir.join("pki/admin.crt"),
-            key: ep.dir.join("pki/admin.key"),
-        },
-    }
+    env().direct_admin()
 }
 
 /// A core-like body: zero pages, random bytes and repeated text.
