@@ -133,6 +133,9 @@ for spec in "${images[@]}"; do
   install -m 0755 "$bin_dir/$bin" "$ctx/$bin"
   chmod 0644 "$ctx/rootfs/etc/passwd" "$ctx/rootfs/etc/group" \
     "$ctx/rootfs/etc/ssl/certs/ca-certificates.crt"
+  # The image this tag named before, removed once replaced (rebuilds would otherwise pile
+  # up untagged copies in the storage).
+  previous="$(bah images --noheading --format '{{.ID}}' "$ref" 2>/dev/null | head -1 || true)"
   echo "build.sh: buildah build $ref" >&2
   bah build --isolation "$isolation" --layers=false \
     --label "org.opencontainers.image.title=$bin" \
@@ -141,6 +144,10 @@ for spec in "${images[@]}"; do
     -f "$here/$name.Containerfile" -t "$ref" "$ctx" >&2
 
   # --- 3. the binary starts in the image, as the image's user -----------------------
+  current="$(bah images --noheading --format '{{.ID}}' "$ref" | head -1)"
+  if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    bah rmi "$previous" >/dev/null 2>&1 || true
+  fi
   ctr="$(bah from --pull-never "$ref")"
   cleanup_ctr() { bah rm "$ctr" >/dev/null 2>&1 || true; }
   trap cleanup_ctr EXIT
