@@ -72,6 +72,38 @@ impl Kubectl {
         check(args, self.run(args)?)
     }
 
+    /// `kubectl get --raw` of a download `path` in `?offset=&length=` pieces of `window`
+    /// bytes until `size` bytes arrived, each piece handed to `sink`: how a body larger
+    /// than one request window of the aggregator is fetched.
+    pub fn get_raw_in_pieces(
+        &self,
+        path: &str,
+        size: u64,
+        window: u64,
+        mut sink: impl FnMut(&[u8]),
+    ) -> Result<(), Error> {
+        let mut offset = 0;
+        while offset < size {
+            let piece = format!("{path}?offset={offset}&length={window}");
+            let args = ["get", "--raw", piece.as_str()];
+            let out = self.run(&args)?;
+            if !out.status.success() {
+                return Err(Error::Kubectl {
+                    args: args.join(" "),
+                    stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                });
+            }
+            if out.stdout.is_empty() {
+                return Err(Error::Setup(format!(
+                    "empty piece at offset {offset} of {path}"
+                )));
+            }
+            offset += out.stdout.len() as u64;
+            sink(&out.stdout);
+        }
+        Ok(())
+    }
+
     /// `kubectl apply -f -` of a JSON manifest (a single object or a `List`).
     pub fn apply(&self, manifest: &serde_json::Value) -> Result<String, Error> {
         let body = serde_json::to_vec(manifest).map_err(Error::Json)?;

@@ -370,27 +370,10 @@ fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
     assert!(cut_visibly, "a 2 GiB download finished within a {REQUEST_TIMEOUT_SECS}s request timeout: the test proves nothing");
     assert!((whole.stdout.len() as u64) < size);
     let mut hasher = <sha2::Sha256 as sha2::Digest>::new();
-    let window: u64 = 64 << 20;
-    let mut offset = 0;
-    while offset < size {
-        let out = k
-            .command()
-            .args([
-                "get",
-                "--raw",
-                &format!("{path}?offset={offset}&length={window}"),
-            ])
-            .output()
-            .expect("kubectl");
-        assert!(
-            out.status.success(),
-            "piece at {offset}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.stdout.is_empty());
-        offset += out.stdout.len() as u64;
-        sha2::Digest::update(&mut hasher, &out.stdout);
-    }
+    k.get_raw_in_pieces(&path, size, 64 << 20, |piece| {
+        sha2::Digest::update(&mut hasher, piece)
+    })
+    .expect("download in pieces");
     assert_eq!(hex::encode(sha2::Digest::finalize(hasher)), sha);
 }
 

@@ -353,26 +353,10 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
     );
     assert_eq!(hex::encode(Sha256::digest(&whole.stdout)), core.sha);
     let mut pieces = Vec::new();
-    let window = 1 << 20;
-    let mut offset = 0;
-    while offset < size {
-        let out = k
-            .command()
-            .args([
-                "get",
-                "--raw",
-                &format!("{path}?offset={offset}&length={window}"),
-            ])
-            .output()
-            .expect("kubectl");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        offset += out.stdout.len() as u64;
-        pieces.extend(out.stdout);
-    }
+    k.get_raw_in_pieces(&path, size, 1 << 20, |piece| {
+        pieces.extend_from_slice(piece)
+    })
+    .expect("download in pieces");
     assert_eq!(hex::encode(Sha256::digest(&pieces)), core.sha);
 }
 
