@@ -17,6 +17,10 @@ build:
 up: controlplane build
 	$(DEV) up
 
+## One real crash in pod demo/crasher, seen through to a Stored Coredump (needs `make up`).
+demo: build
+	$(DEV) demo
+
 ## Stop everything `make up` started.
 down:
 	@if [ -x $(DEV) ]; then $(DEV) down; else echo "nothing to stop"; fi

@@ -6,6 +6,7 @@ pub mod agent;
 pub mod bins;
 pub mod controlplane;
 pub mod curl;
+pub mod demo;
 pub mod env;
 pub mod extension;
 pub mod kubectl;

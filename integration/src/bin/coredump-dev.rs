@@ -1,15 +1,23 @@
-//! `make up` / `make down`: a local control plane with the add-on, left running in the
-//! background, its state (kubeconfig, logs, pid files) in `.local/`.
+//! `make up` / `make down` / `make demo`: a local control plane with the add-on and (as
+//! root) the node agent for this machine, left running in the background, its state
+//! (kubeconfig, logs, pid files) in `.local/`; and one real crash to see it work.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use coredump_integration::agent::{create_node, Agent, AgentOptions};
 use coredump_integration::bins::{controlplane_bin_dir, workspace_bin};
-use coredump_integration::controlplane::{self, ControlPlane};
+use coredump_integration::controlplane::{self, ControlPlane, Endpoints};
+use coredump_integration::demo;
 use coredump_integration::extension::{self, ExtensionServer};
+use coredump_integration::kubectl::Kubectl;
 use coredump_integration::process::{stop_group, Lifetime};
+
+/// The agent's handler and spool paths go into core_pattern (at most 127 characters):
+/// a state directory deeper than this keeps the agent's files under /tmp instead.
+const MAX_AGENT_DIR_LEN: usize = 40;
 
 #[derive(Parser)]
 #[command(about = "Runs a local control plane with the coredump.io add-on")]
@@ -25,8 +33,22 @@ struct Cli {
 enum Cmd {
     /// Starts everything in the background and returns once it is ready.
     Up,
-    /// Stops everything `up` started.
+    /// Stops everything `up` started (the agent first: it restores core_pattern).
     Down,
+    /// Crashes a real program in pod demo/crasher and waits for its Stored Coredump.
+    Demo {
+        /// How long to wait for the Coredump, its Event and the download.
+        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        timeout: Duration,
+    },
+}
+
+fn humantime_secs(s: &str) -> Result<Duration, String> {
+    s.strip_suffix('s')
+        .unwrap_or(s)
+        .parse::<u64>()
+        .map(Duration::from_secs)
+        .map_err(|_| format!("{s:?}: expected seconds, e.g. 60s"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,6 +56,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Up => up(&cli.dir),
         Cmd::Down => down(&cli.dir),
+        Cmd::Demo { timeout } => run_demo(&cli.dir, timeout),
     }
 }
 
@@ -62,6 +85,12 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         },
     )
     .context("extension server")?;
+    let agent_note = match start_agent(&state, &cp.endpoints, &server) {
+        Ok(node) => {
+            format!("The node agent serves node {node}: `make demo` crashes a program there.")
+        }
+        Err(e) => format!("The node agent is not running ({e:#}); `make demo` needs it."),
+    };
     server.detach();
     let ep = cp.detach();
 
@@ -79,10 +108,97 @@ fn up(dir: &Path) -> anyhow::Result<()> {
          kubectl api-resources --api-group=coredump.io\n\
          kubectl get coredumps.coredump.io -A\n\
          kubectl --context alice get coredumps -n default   # a token user (also: bob)\n\n\
+         {agent_note}\n\
          Stop it all with: make down",
         state = state.display(),
         kc = kubeconfig.display(),
         bin = local_bin.display(),
+    );
+    Ok(())
+}
+
+/// This machine's hostname as a Node name (a DNS-1123 subdomain).
+fn local_node_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_lowercase())
+        .unwrap_or_default();
+    let name: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let name = name.trim_matches(|c| c == '-' || c == '.');
+    if name.is_empty() {
+        "localhost".to_string()
+    } else {
+        name.to_string()
+    }
+}
+
+/// Registers this machine as a Node and starts the agent for it (root only: it installs
+/// core_pattern). Its pid file lands under `state/agent`, so `down` stops it like the rest.
+fn start_agent(state: &Path, ep: &Endpoints, server: &ExtensionServer) -> anyhow::Result<String> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("it needs root to install core_pattern");
+    }
+    let node = local_node_name();
+    create_node(&Kubectl::new(ep), &node).context("create the Node")?;
+    let link = state.join("agent");
+    let abs = std::path::absolute(&link)?;
+    let dir = if abs.as_os_str().len() <= MAX_AGENT_DIR_LEN {
+        abs
+    } else {
+        let tmp = tempfile::Builder::new()
+            .prefix("cda")
+            .tempdir_in("/tmp")?
+            .keep();
+        std::os::unix::fs::symlink(&tmp, &link).context("link the agent's directory")?;
+        tmp
+    };
+    std::fs::create_dir_all(&dir)?;
+    let opts = AgentOptions {
+        lifetime: Lifetime::Detached,
+        dir: Some(dir),
+        ready_timeout: Duration::from_secs(120),
+        ..AgentOptions::new(&node)
+    };
+    let agent = Agent::start_with(ep, &server.url, &server.ca_cert, opts).context("start")?;
+    agent.detach();
+    std::fs::write(state.join("node-name"), &node)?;
+    Ok(node)
+}
+
+fn run_demo(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let state = dir.join("state");
+    let node = std::fs::read_to_string(state.join("node-name"))
+        .map(|n| n.trim().to_string())
+        .map_err(|_| {
+            anyhow::anyhow!(
+                "no node agent is running from {}: `make up` (as root) first",
+                state.display()
+            )
+        })?;
+    let bin = std::path::absolute(dir.join("bin"))?;
+    let kubectl = Kubectl {
+        bin: bin.join("kubectl"),
+        kubeconfig: std::path::absolute(dir.join("kubeconfig"))?,
+        base_args: Vec::new(),
+    };
+    let outcome = demo::run(
+        &kubectl,
+        &node,
+        &std::path::absolute(dir.join("demo"))?,
+        timeout,
+    )
+    .context("demo crash")?;
+    println!(
+        "{}",
+        demo::instructions(&outcome, &kubectl.kubeconfig, &bin)
     );
     Ok(())
 }
@@ -127,8 +243,10 @@ fn alive(pid: u32) -> bool {
 
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = dir.join("state");
-    // Dependents first: the add-on, then kube-apiserver, then etcd.
+    // Dependents first: the agent (it restores core_pattern), the add-on, then
+    // kube-apiserver, then etcd.
     let order = [
+        "agent",
         "coredump",
         "kube-controller-manager",
         "kube-apiserver",
@@ -150,6 +268,12 @@ fn down(dir: &Path) -> anyhow::Result<()> {
             }
         }
         let _ = std::fs::remove_file(&f);
+    }
+    // The agent's directory, when core_pattern's length limit put it under /tmp.
+    let link = state.join("agent");
+    if let Ok(target) = std::fs::read_link(&link) {
+        let _ = std::fs::remove_dir_all(target);
+        let _ = std::fs::remove_file(link);
     }
     Ok(())
 }
