@@ -3,6 +3,7 @@
 //! kubectl. Used by the integration tests and by `make up`.
 
 pub mod agent;
+pub mod bench;
 pub mod bins;
 pub mod controlplane;
 pub mod curl;
