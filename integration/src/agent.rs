@@ -498,3 +498,65 @@ pub fn crash(crasher: &Path, procs: &Path, mode: &str, mib: u64) -> Result<Crash
         ended,
     })
 }
+
+/// A crash timed from the signal: the benchmarks' unit.
+#[derive(Debug)]
+pub struct TimedCrash {
+    pub pid: u32,
+    /// When the crash signal was sent (the crasher had filled its memory).
+    pub signalled: Instant,
+    /// When the crashed process was reaped: with core_pipe_limit above 0 the kernel
+    /// waits for the core_pattern handler to exit first.
+    pub reaped: Instant,
+}
+
+/// Runs `crasher` with `mib` MiB of heap-like memory (CRASHER_FILL=mixed) in the cgroup
+/// whose `cgroup.procs` is `procs`, waits until it is ready, sends SIGSEGV and waits for
+/// it to be reaped. An error unless the kernel reports a core dumped.
+pub fn crash_timed(crasher: &Path, procs: &Path, mib: u64) -> Result<TimedCrash, Error> {
+    use std::io::BufRead;
+    let mut child = Command::new(crasher)
+        .args(["segv", &mib.to_string(), "unlimited"])
+        .arg(procs)
+        .env("CRASHER_FILL", "mixed")
+        .env("CRASHER_WAIT", "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .map_err(|e| Error::Io("run crasher".into(), e))?;
+    let pid = child.id();
+    let mut line = String::new();
+    if let Some(out) = child.stdout.take() {
+        std::io::BufReader::new(out)
+            .read_line(&mut line)
+            .map_err(|e| Error::Io("read crasher".into(), e))?;
+    }
+    if line.trim() != "ready" {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(Error::Setup(format!(
+            "the crasher did not get ready: {line:?}"
+        )));
+    }
+    let signalled = Instant::now();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGSEGV,
+    )
+    .map_err(|e| Error::Io("kill crasher".into(), e.into()))?;
+    let status = child
+        .wait()
+        .map_err(|e| Error::Io("wait crasher".into(), e))?;
+    let reaped = Instant::now();
+    if !status.core_dumped() {
+        return Err(Error::Setup(format!(
+            "the crasher ended {status:?} without a core dump"
+        )));
+    }
+    Ok(TimedCrash {
+        pid,
+        signalled,
+        reaped,
+    })
+}

@@ -138,3 +138,70 @@ impl Curl {
         self.request("GET", path, headers, None)
     }
 }
+
+/// What [`Curl::transfer`] moved.
+#[derive(Debug)]
+pub struct Transfer {
+    pub status: u16,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    /// Wall time of the whole curl run (start, TLS handshake, transfer).
+    pub elapsed: std::time::Duration,
+}
+
+impl Curl {
+    /// `method` on `path`, streaming the request body from the file `upload` (`-T`) and
+    /// the response body into `out` (e.g. /dev/null): neither is held in memory, so it
+    /// suits cores of gigabytes.
+    pub fn transfer(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        upload: Option<&std::path::Path>,
+        out: &std::path::Path,
+    ) -> Result<Transfer, Error> {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--http1.1", "-X", method])
+            .arg("--cacert")
+            .arg(&self.ca)
+            .arg("-o")
+            .arg(out)
+            .args(["-w", "%{http_code} %{size_upload} %{size_download}"])
+            // No 100-continue round trip before a large body.
+            .args(["-H", "Expect:"]);
+        match &self.cred {
+            Credential::None => {}
+            Credential::Cert { cert, key } => {
+                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+            Credential::Bearer(t) => {
+                cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
+            }
+        }
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        if let Some(f) = upload {
+            cmd.arg("-T").arg(f);
+        }
+        cmd.arg(format!("{}{}", self.base, path));
+        let start = std::time::Instant::now();
+        let o = cmd.output().map_err(|e| Error::Io("run curl".into(), e))?;
+        let elapsed = start.elapsed();
+        if !o.status.success() {
+            return Err(Error::Setup(format!(
+                "curl {method} {path}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            )));
+        }
+        let w = String::from_utf8_lossy(&o.stdout);
+        let mut f = w.split_whitespace().map(|x| x.parse::<u64>().unwrap_or(0));
+        Ok(Transfer {
+            status: f.next().unwrap_or(0) as u16,
+            uploaded: f.next().unwrap_or(0),
+            downloaded: f.next().unwrap_or(0),
+            elapsed,
+        })
+    }
+}
