@@ -37,6 +37,12 @@ lint:
 unit-and-integration:
 	$(CARGO) test --workspace
 
+## Benchmarks against baselines of the same run (release build, root for the kernel
+## parts); writes the tables into BENCHMARKS.md. See BENCHMARKS.md.
+bench: controlplane
+	$(CARGO) build --release --workspace --bins
+	target/release/coredump-bench --write BENCHMARKS.md
+
 ## Regenerate the checked-in OpenAPI documents from the types.
 openapi:
 	UPDATE_OPENAPI=1 $(CARGO) test -p coredump-openapi generated_documents

@@ -46,6 +46,10 @@ pub struct Options {
     /// without it).
     pub controller_manager: bool,
     pub lifetime: Lifetime,
+    /// etcd syncs every write to disk, as in a real cluster. Off for the tests (a
+    /// throw-away store, faster); on for the benchmarks, whose baseline would otherwise
+    /// skip the fsync our server does on every write.
+    pub etcd_fsync: bool,
 }
 
 impl Default for Options {
@@ -54,6 +58,7 @@ impl Default for Options {
             request_timeout: Duration::from_secs(60),
             controller_manager: true,
             lifetime: Lifetime::Scoped,
+            etcd_fsync: false,
         }
     }
 }
@@ -154,10 +159,11 @@ impl ControlPlane {
             format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"),
             format!("--initial-cluster=default=http://127.0.0.1:{peer_port}"),
-            // A throw-away store: durability of etcd is not what the tests examine.
-            "--unsafe-no-fsync".to_string(),
             "--log-level=warn".to_string(),
         ]);
+        if !opts.etcd_fsync {
+            etcd.arg("--unsafe-no-fsync");
+        }
         procs.push(Proc::spawn("etcd", etcd, dir, opts.lifetime)?);
         wait_for("etcd to listen", Duration::from_secs(30), || {
             check_alive(&mut procs)?;

@@ -56,7 +56,11 @@ mod tests {
 
     #[test]
     fn percentiles_by_nearest_rank() {
-        let ms = |v: &[u64]| v.iter().map(|m| Duration::from_millis(*m)).collect::<Vec<_>>();
+        let ms = |v: &[u64]| {
+            v.iter()
+                .map(|m| Duration::from_millis(*m))
+                .collect::<Vec<_>>()
+        };
         let s = ms(&[5, 1, 4, 2, 3, 10, 9, 8, 7, 6]);
         assert_eq!(percentile(&s, 50.0), Duration::from_millis(5));
         assert_eq!(percentile(&s, 99.0), Duration::from_millis(10));

@@ -89,7 +89,10 @@ pub fn machine() -> String {
         .and_then(|l| l.split_once(':'))
         .map(|(_, m)| m.trim().to_string())
         .unwrap_or_else(|| "unknown CPU".into());
-    let cpus = cpuinfo.lines().filter(|l| l.starts_with("processor")).count();
+    let cpus = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
     let mem_kib: u64 = read("/proc/meminfo")
         .lines()
         .find_map(|l| l.strip_prefix("MemTotal:"))
@@ -148,12 +151,18 @@ mod tests {
         sec.row(vec!["ours".into(), secs(Duration::from_millis(1500))]);
         sec.note("goal met");
         let md = sec.markdown();
-        assert!(md.contains("| handler | time |\n|---|---|\n| ours | 1.500 s |"), "{md}");
+        assert!(
+            md.contains("| handler | time |\n|---|---|\n| ours | 1.500 s |"),
+            "{md}"
+        );
         assert!(md.contains("- goal met"), "{md}");
 
         let doc = format!("# B\nprose\n{BEGIN}\nold\n{END}\nafter\n");
         let gen = format!("{BEGIN}\nnew\n{END}\n");
-        assert_eq!(splice(&doc, &gen), format!("# B\nprose\n{BEGIN}\nnew\n{END}\nafter\n"));
+        assert_eq!(
+            splice(&doc, &gen),
+            format!("# B\nprose\n{BEGIN}\nnew\n{END}\nafter\n")
+        );
         assert!(splice("# B\n", &gen).ends_with(&gen));
         assert_eq!(ratio(2.0), "2.00×");
     }

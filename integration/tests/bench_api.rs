@@ -1,0 +1,72 @@
+//! The API benchmark at tiny scale: correctness only, nothing about time.
+
+use coredump_integration::bench::api::{run, ApiOptions, Target, OPERATIONS};
+use coredump_integration::bench::Scale;
+use coredump_integration::env::TestEnv;
+
+#[test]
+fn api_benchmark_runs_at_tiny_scale() {
+    let env = TestEnv::start(Default::default(), Default::default()).expect("environment");
+    let opts = ApiOptions::for_scale(Scale::Tiny);
+    let res = run(&env, &opts).expect("benchmark");
+    let section = res.section();
+    println!("{}", section.markdown());
+
+    // Round robin: object i is in namespace i % namespaces and label group i % 100.
+    let in_ns0 = opts.objects.div_ceil(opts.namespaces);
+    let in_group0 = opts.objects.div_ceil(100);
+    assert_eq!(res.targets.len(), Target::ALL.len());
+    for t in &res.targets {
+        let name = t.target.name();
+        let c = &t.create;
+        assert_eq!(
+            (c.attempted, c.succeeded),
+            (opts.objects, opts.objects),
+            "{name}: creates: {:?}",
+            c.first_error
+        );
+        if t.target == Target::Crd {
+            assert_eq!(c.phases.get("(none)"), Some(&opts.objects), "{name}: {c:?}");
+        } else {
+            // Quota admission ran and admitted every one.
+            assert_eq!(
+                c.phases.get("Pending"),
+                Some(&opts.objects),
+                "{name}: {c:?}"
+            );
+        }
+        for (what, l, want) in [
+            ("list all", &t.list_all, opts.objects),
+            ("list by label", &t.list_label, in_group0),
+            ("list one namespace", &t.list_namespace, in_ns0),
+        ] {
+            assert_eq!(l.error, None, "{name}: {what}");
+            assert_eq!((l.expected, l.returned), (want, want), "{name}: {what}");
+        }
+        let w = &t.watch;
+        assert_eq!(w.error, None, "{name}: watch");
+        assert_eq!(
+            (w.expected, w.received),
+            (opts.objects, opts.objects),
+            "{name}: watch"
+        );
+    }
+    for op in OPERATIONS {
+        for t in Target::ALL {
+            let rows = section
+                .rows
+                .iter()
+                .filter(|r| {
+                    r.first().map(String::as_str) == Some(op)
+                        && r.get(1).map(String::as_str) == Some(t.name())
+                })
+                .count();
+            assert_eq!(rows, 1, "a row for {op} / {}", t.name());
+            assert!(section
+                .rows
+                .iter()
+                .all(|r| r.len() == section.columns.len()));
+        }
+    }
+    assert_eq!(section.rows.len(), OPERATIONS.len() * Target::ALL.len());
+}
