@@ -159,7 +159,7 @@ struct AgentCmd {
     #[arg(long, env = "COREDUMP_METRICS_ADDR", default_value = "0.0.0.0:9808")]
     metrics_addr: std::net::SocketAddr,
     /// How often the spool is scanned for new cores.
-    #[arg(long, env = "COREDUMP_POLL_INTERVAL", default_value = "500ms", value_parser = duration)]
+    #[arg(long, env = "COREDUMP_POLL_INTERVAL", default_value = "100ms", value_parser = duration)]
     poll_interval: Duration,
     /// How long a core waits for its pod to show up in the watch before it
     /// is dropped (PodUnknown).

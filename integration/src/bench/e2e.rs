@@ -194,8 +194,9 @@ impl E2eResults {
             ]);
         }
         s.note(
-            "the agent looks at its spool every 500 ms (--poll-interval, the default), so about \
-             half of that is waiting; inotify on the spool would remove it",
+            "the agent looks at its spool every 100 ms (--poll-interval, the default): up to \
+             that much of each latency is waiting; a crash arriving right after a look waits \
+             longest",
         );
         s
     }

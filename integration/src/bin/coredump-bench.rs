@@ -43,6 +43,12 @@ struct Cli {
     /// this run (all of it: run everything at full scale for the published figures).
     #[arg(long)]
     write: Option<PathBuf>,
+    /// Core sizes (MiB) for the capture benchmark instead of the scale's.
+    #[arg(long, value_delimiter = ',')]
+    capture_sizes: Vec<u64>,
+    /// Repeats of each capture measurement instead of the scale's.
+    #[arg(long)]
+    capture_repeats: Option<usize>,
     /// Scratch space (cores of gigabytes land here); default: a temporary directory.
     #[arg(long, env = "COREDUMP_BENCH_WORK")]
     work: Option<PathBuf>,
@@ -74,9 +80,18 @@ fn main() -> anyhow::Result<()> {
 
     if wants(Which::Capture) {
         let s = match capture::available() {
-            Ok(()) => capture::run(&CaptureOptions::for_scale(scale), &work.join("capture"))
-                .context("capture benchmark")?
-                .section(),
+            Ok(()) => {
+                let mut opts = CaptureOptions::for_scale(scale);
+                if !cli.capture_sizes.is_empty() {
+                    opts.sizes_mib = cli.capture_sizes.clone();
+                }
+                if let Some(r) = cli.capture_repeats {
+                    opts.repeats = r;
+                }
+                capture::run(&opts, &work.join("capture"))
+                    .context("capture benchmark")?
+                    .section()
+            }
             Err(why) => skipped("Capture", &why),
         };
         done(s);
