@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -26,6 +26,8 @@ use tokio::sync::broadcast;
 pub enum StoreError {
     #[error("sled: {0}")]
     Sled(#[from] sled::Error),
+    #[error("flushing to disk: {0}")]
+    Flush(String),
     #[error("corrupt record at {key}: {source}")]
     Corrupt {
         key: String,
@@ -186,6 +188,11 @@ pub struct Store {
     log: sled::Tree,
     meta: sled::Tree,
     write_lock: Mutex<()>,
+    /// Held shared by every flush and exclusively by every sled transaction: sled 0.34
+    /// deadlocks when the two overlap (a flush keeps its concurrency-control read lock
+    /// while it waits for the log to be stable; a transaction queued for the write lock
+    /// then blocks the log writers' read locks).
+    flush_gate: Arc<RwLock<()>>,
     events: broadcast::Sender<Arc<Event>>,
     /// How many log records to keep; older revisions answer 410 Expired.
     log_keep: usize,
@@ -202,6 +209,9 @@ impl Store {
         let db = sled::Config::new()
             .path(path)
             .mode(sled::Mode::HighThroughput)
+            // Every write is flushed by `transact` (behind the gate); sled's own periodic
+            // flusher would be a flush outside it.
+            .flush_every_ms(None)
             .open()?;
         let (events, _) = broadcast::channel(4096);
         let log = db.open_tree("log")?;
@@ -212,6 +222,7 @@ impl Store {
             log,
             db,
             write_lock: Mutex::new(()),
+            flush_gate: Arc::new(RwLock::new(())),
             events,
             log_keep: log_keep.max(1),
             log_len: std::sync::atomic::AtomicUsize::new(log_len),
@@ -348,7 +359,17 @@ impl Store {
             (value, events)
         };
         if !events.is_empty() {
-            self.db.flush_async().await.map_err(StoreError::from)?;
+            // Concurrent writers' flushes overlap each other (one fsync can cover several
+            // writes) but never a transaction.
+            let db = self.db.clone();
+            let gate = Arc::clone(&self.flush_gate);
+            tokio::task::spawn_blocking(move || {
+                let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
+                db.flush()
+            })
+            .await
+            .map_err(|e| StoreError::Flush(e.to_string()))?
+            .map_err(StoreError::from)?;
         }
         Ok((value, events))
     }
@@ -403,6 +424,7 @@ impl Store {
             })
             .collect();
         let last = rv;
+        let _exclusive = self.flush_gate.write().unwrap_or_else(|e| e.into_inner());
         let result: Result<(), TransactionError<()>> = (&self.objects, &self.log, &self.meta)
             .transaction(|(objects, log, meta)| {
                 for (ev, (key, obj, rec)) in events.iter().zip(&encoded) {
@@ -442,6 +464,7 @@ impl Store {
         // Raise the floor before deleting, so no reader trusts a half-trimmed log.
         self.meta.insert(META_COMPACTED, &upto.to_be_bytes())?;
         self.log.apply_batch(batch)?;
+        let _shared = self.flush_gate.read().unwrap_or_else(|e| e.into_inner());
         self.db.flush()?;
         Ok(upto)
     }
@@ -487,6 +510,48 @@ mod tests {
         map.iter()
             .map(|(k, v)| (k.name.clone(), v["spec"]["v"].as_i64().unwrap_or(-1)))
             .collect()
+    }
+
+    /// sled deadlocks when a flush (holding its concurrency-control read lock while it
+    /// waits for the log to become stable) overlaps a transaction (queued for the write
+    /// lock, which then blocks the log writers' read locks). 10,000 concurrent creates hung
+    /// the server that way; concurrent writers with their flushes must all finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_and_their_flushes_never_deadlock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), 500).expect("open"));
+        let writers: Vec<_> = (0..16)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for i in 0..150 {
+                        let name = format!("w{w}-{i}");
+                        store
+                            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                                tx.put(Key::new("things", "ns", &name), obj(&name, i));
+                                Ok(())
+                            })
+                            .await
+                            .expect("write");
+                    }
+                })
+            })
+            .collect();
+        // A watchdog thread: deadlocked workers would also stall tokio's timers.
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = Arc::clone(&finished);
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(120));
+            if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                eprintln!("16 writers × 150 writes did not finish in 120 s: the sled deadlock");
+                std::process::exit(101);
+            }
+        });
+        let done = futures::future::join_all(writers).await;
+        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(done.iter().all(Result::is_ok));
+        assert_eq!(store.count("things"), 16 * 150);
+        assert_eq!(store.current_rv().expect("rv"), 16 * 150);
     }
 
     #[tokio::test]
