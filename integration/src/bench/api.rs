@@ -1279,9 +1279,10 @@ impl ApiResults {
         ));
         sec.note(self.crd_schema.clone());
         sec.note(
-            "The harness runs etcd with --unsafe-no-fsync, while our server flushes every \
-             write to disk before it answers: the baseline's writes are cheaper here than in \
-             a cluster, where etcd syncs (and replicates) each one.",
+            "Both sides sync every write to disk before answering under `make bench` (its \
+             etcd runs without --unsafe-no-fsync); the tests' harness skips etcd's fsync, \
+             which makes the baseline's writes cheaper there. A real cluster's etcd also \
+             replicates each write, which neither side pays here.",
         );
         sec.note(
             "Each target writes into its own namespaces; its objects are deleted before the \
