@@ -65,25 +65,12 @@ impl Curl {
         }
     }
 
-    /// `method` on `path` with extra `headers` and an optional body.
-    pub fn request(
-        &self,
-        method: &str,
-        path: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<Reply, Error> {
-        let dir = tempfile::tempdir().map_err(|e| Error::Io("tempdir".into(), e))?;
-        let head = dir.path().join("head");
-        let out = dir.path().join("body");
+    /// curl with the method, the CA, the credential and `headers`; the URL comes last.
+    pub fn command(&self, method: &str, headers: &[(&str, &str)]) -> Command {
         let mut cmd = Command::new("curl");
         cmd.args(["-sS", "--http1.1", "-X", method])
             .arg("--cacert")
-            .arg(&self.ca)
-            .arg("-D")
-            .arg(&head)
-            .arg("-o")
-            .arg(&out);
+            .arg(&self.ca);
         match &self.cred {
             Credential::None => {}
             Credential::Cert { cert, key } => {
@@ -96,6 +83,22 @@ impl Curl {
         for (k, v) in headers {
             cmd.arg("-H").arg(format!("{k}: {v}"));
         }
+        cmd
+    }
+
+    /// `method` on `path` with extra `headers` and an optional body.
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<Reply, Error> {
+        let dir = tempfile::tempdir().map_err(|e| Error::Io("tempdir".into(), e))?;
+        let head = dir.path().join("head");
+        let out = dir.path().join("body");
+        let mut cmd = self.command(method, headers);
+        cmd.arg("-D").arg(&head).arg("-o").arg(&out);
         if let Some(b) = body {
             let f = dir.path().join("req");
             std::fs::write(&f, b).map_err(|e| Error::Io("write body".into(), e))?;
@@ -161,27 +164,12 @@ impl Curl {
         upload: Option<&std::path::Path>,
         out: &std::path::Path,
     ) -> Result<Transfer, Error> {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--http1.1", "-X", method])
-            .arg("--cacert")
-            .arg(&self.ca)
-            .arg("-o")
+        let mut cmd = self.command(method, headers);
+        cmd.arg("-o")
             .arg(out)
             .args(["-w", "%{http_code} %{size_upload} %{size_download}"])
             // No 100-continue round trip before a large body.
             .args(["-H", "Expect:"]);
-        match &self.cred {
-            Credential::None => {}
-            Credential::Cert { cert, key } => {
-                cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-            }
-            Credential::Bearer(t) => {
-                cmd.arg("-H").arg(format!("Authorization: Bearer {t}"));
-            }
-        }
-        for (k, v) in headers {
-            cmd.arg("-H").arg(format!("{k}: {v}"));
-        }
         if let Some(f) = upload {
             cmd.arg("-T").arg(f);
         }

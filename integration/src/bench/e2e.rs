@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -17,7 +17,6 @@ use super::{percentile, Scale};
 use crate::agent::{
     build_crasher, crash_timed, create_node, Agent, AgentOptions, FakePod, PodCgroup,
 };
-use crate::curl::Credential;
 use crate::env::TestEnv;
 use crate::Error;
 
@@ -63,18 +62,16 @@ struct StoredWatch {
 impl StoredWatch {
     fn start(env: &TestEnv, ns: &str) -> Result<Self, Error> {
         let c = env.direct_admin();
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sSN", "--http1.1", "--cacert"]).arg(&c.ca);
-        if let Credential::Cert { cert, key } = &c.cred {
-            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
-        }
-        cmd.arg(format!(
-            "{}{API}/namespaces/{ns}/coredumps?watch=true&timeoutSeconds=3600",
-            c.base
-        ))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        let mut cmd = c.command("GET", &[]);
+        // Unbuffered: each event as it arrives.
+        cmd.arg("-N")
+            .arg(format!(
+                "{}{API}/namespaces/{ns}/coredumps?watch=true&timeoutSeconds=3600",
+                c.base
+            ))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
         let mut child = cmd
             .spawn()
             .map_err(|e| Error::Io("run curl watch".into(), e))?;
