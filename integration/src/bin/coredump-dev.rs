@@ -38,12 +38,12 @@ enum Cmd {
     /// Crashes a real program in pod demo/crasher and waits for its Stored Coredump.
     Demo {
         /// How long to wait for the Coredump, its Event and the download.
-        #[arg(long, default_value = "60s", value_parser = humantime_secs)]
+        #[arg(long, default_value = "60s", value_parser = seconds)]
         timeout: Duration,
     },
 }
 
-fn humantime_secs(s: &str) -> Result<Duration, String> {
+fn seconds(s: &str) -> Result<Duration, String> {
     s.strip_suffix('s')
         .unwrap_or(s)
         .parse::<u64>()
