@@ -219,7 +219,9 @@ impl Registry {
             }
             None => (self.requested_rv(opts)?, None),
         };
-        let (rv, objects) = self.store.list_at(&scope, at).map_err(|e| match (e, &opts.continue_token) {
+        // Objects that cannot match the label selector are skipped before decoding.
+        let fragments = opts.label.required_fragments();
+        let (rv, objects) = self.store.list_at_containing(&scope, at, &fragments).map_err(|e| match (e, &opts.continue_token) {
             (StoreError::Compacted { .. }, Some(_)) => ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
             ),

@@ -132,6 +132,23 @@ impl LabelSelector {
         })
     }
 
+    /// Byte strings every matching object's stored JSON must contain: `"key":"value"` of
+    /// each equality requirement, as serde_json writes it. A store can skip decoding an
+    /// object without them; the selector still decides on the decoded object.
+    pub fn required_fragments(&self) -> Vec<Vec<u8>> {
+        self.0
+            .iter()
+            .filter_map(|r| match &r.op {
+                Op::Eq(v) => {
+                    let k = serde_json::to_string(&r.key).ok()?;
+                    let v = serde_json::to_string(v).ok()?;
+                    Some(format!("{k}:{v}").into_bytes())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Matches an object's `metadata.labels`.
     pub fn matches_object(&self, obj: &Value) -> bool {
         self.is_empty() || self.matches(&labels_of(obj))
@@ -316,6 +333,27 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn required_fragments_are_what_serde_json_writes_for_equalities() {
+        let sel = LabelSelector::parse("app=web,example.com/tier==front,x!=y,z in (a),!w")
+            .expect("parse");
+        let frags: Vec<String> = sel
+            .required_fragments()
+            .into_iter()
+            .map(|f| String::from_utf8(f).expect("utf8"))
+            .collect();
+        assert_eq!(frags, [r#""app":"web""#, r#""example.com/tier":"front""#]);
+        let obj = serde_json::json!({"metadata": {"labels": {"example.com/tier": "front", "app": "web"}}});
+        let bytes = serde_json::to_vec(&obj).expect("json");
+        for f in sel.required_fragments() {
+            assert!(memchr::memmem::find(&bytes, &f).is_some());
+        }
+        assert!(LabelSelector::parse("!a")
+            .expect("parse")
+            .required_fragments()
+            .is_empty());
     }
 
     #[test]
