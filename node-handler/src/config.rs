@@ -26,10 +26,14 @@ pub struct CaptureConfig {
     pub max_core_bytes: u64,
     /// Disk the spool may use in all (systemd's MaxUse).
     pub spool_max_bytes: u64,
-    /// Free space to leave on the spool's filesystem: the larger of the two
-    /// (systemd's KeepFree).
+    /// Free space to leave on the spool's filesystem (systemd's KeepFree):
+    /// the larger of `keep_free_bytes` and `keep_free_percent` of the
+    /// filesystem, the percentage capped at `keep_free_percent_cap_bytes`
+    /// (as systemd caps it at 4G), so that on a large disk a mostly-full
+    /// but still roomy filesystem does not refuse every core.
     pub keep_free_bytes: u64,
     pub keep_free_percent: u8,
+    pub keep_free_percent_cap_bytes: u64,
     /// At most `rate_limit_count` cores per pod per `rate_limit_window_seconds`.
     /// Keyed by pod UID, not container ID: a restarted container gets a new
     /// ID, so a container ID key would not bound a crash loop.
@@ -54,6 +58,7 @@ impl Default for CaptureConfig {
             spool_max_bytes: 8 * GIB,
             keep_free_bytes: GIB,
             keep_free_percent: 10,
+            keep_free_percent_cap_bytes: 4 * GIB,
             rate_limit_count: 5,
             rate_limit_window_seconds: 3600,
             zstd_level: 1,

@@ -107,9 +107,10 @@ pub fn space_budget(
             ),
         ));
     }
+    let percent = fs_total / 100 * u64::from(cfg.keep_free_percent.min(100));
     let floor = cfg
         .keep_free_bytes
-        .max(fs_total / 100 * u64::from(cfg.keep_free_percent.min(100)));
+        .max(percent.min(cfg.keep_free_percent_cap_bytes));
     if fs_free <= floor {
         return Err(Refusal::new(
             DropReason::LowDiskSpace,
@@ -274,6 +275,7 @@ mod tests {
             spool_max_bytes: 1000,
             keep_free_bytes: 100,
             keep_free_percent: 10,
+            keep_free_percent_cap_bytes: 5000,
             ..CaptureConfig::default()
         };
         // Floor is max(100, 10% of 10_000) = 1000.
@@ -290,6 +292,18 @@ mod tests {
         );
         // Small filesystem: the byte floor wins.
         assert_eq!(space_budget(0, 150, 500, &cfg), Ok(50));
+        // Large filesystem: 10% of 100_000 is capped at 5000.
+        assert_eq!(space_budget(0, 5600, 100_000, &cfg), Ok(600));
+        assert_eq!(
+            space_budget(0, 5000, 100_000, &cfg).unwrap_err().reason,
+            DropReason::LowDiskSpace
+        );
+        // The cap never lowers the byte floor.
+        let cfg = CaptureConfig {
+            keep_free_percent_cap_bytes: 50,
+            ..cfg
+        };
+        assert_eq!(space_budget(0, 150, 100_000, &cfg), Ok(50));
     }
 
     #[test]

@@ -183,6 +183,9 @@ struct AgentCmd {
     /// capture.json: free space to leave, percent of the filesystem.
     #[arg(long, env = "COREDUMP_KEEP_FREE_PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
     keep_free_percent: Option<u8>,
+    /// capture.json: the most the percentage may ask to keep free (default 4Gi).
+    #[arg(long, env = "COREDUMP_KEEP_FREE_PERCENT_CAP", value_parser = bytes)]
+    keep_free_percent_cap: Option<u64>,
     /// capture.json: cores per pod per rate-limit window.
     #[arg(long, env = "COREDUMP_RATE_LIMIT_COUNT")]
     rate_limit_count: Option<u32>,
@@ -260,6 +263,9 @@ fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
     }
     if let Some(v) = c.keep_free_percent {
         capture.keep_free_percent = v;
+    }
+    if let Some(v) = c.keep_free_percent_cap {
+        capture.keep_free_percent_cap_bytes = v;
     }
     if let Some(v) = c.rate_limit_count {
         capture.rate_limit_count = v;
