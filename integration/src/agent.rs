@@ -185,6 +185,16 @@ impl Agent {
         Ok(parse_metric(&self.metrics()?, series))
     }
 
+    /// Crashes dropped for any reason so far (all `coredump_agent_dropped_total` series).
+    pub fn dropped(&self) -> Result<f64, Error> {
+        let text = self.metrics()?;
+        Ok(text
+            .lines()
+            .filter(|l| l.starts_with("coredump_agent_dropped_total"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+
     /// Whether the agent process is still running.
     pub fn running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(|p| p.exited().is_none())

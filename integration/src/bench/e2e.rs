@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
-use std::sync::mpsc;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -133,18 +133,32 @@ pub fn run(env: &TestEnv, opts: &E2eOptions, work: &Path) -> Result<E2eResults, 
             if let Some(t) = seen.get(&u64::from(c.pid)) {
                 break *t;
             }
-            let left = deadline.saturating_duration_since(Instant::now());
-            match watch.rx.recv_timeout(left) {
+            if Instant::now() >= deadline {
+                return Err(Error::Setup(format!(
+                    "crash of pid {} not Stored within 120 s; agent log:\n{}",
+                    c.pid,
+                    agent.log_tail(30)
+                )));
+            }
+            match watch.rx.recv_timeout(Duration::from_secs(1)) {
                 Ok((pid, t)) => {
                     seen.entry(pid).or_insert(t);
                 }
-                Err(_) => {
+                // A dropped crash will never be Stored: say why now rather than at the deadline.
+                Err(RecvTimeoutError::Disconnected) => {
                     return Err(Error::Setup(format!(
-                        "crash of pid {} not Stored within 120 s; agent log:\n{}",
+                        "the watch of Stored coredumps ended before pid {} was Stored",
+                        c.pid
+                    )));
+                }
+                Err(RecvTimeoutError::Timeout) if agent.dropped()? > 0.0 => {
+                    return Err(Error::Setup(format!(
+                        "the agent dropped the crash of pid {}; agent log:\n{}",
                         c.pid,
                         agent.log_tail(30)
-                    )))
+                    )));
                 }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         };
         reaped.push(c.reaped - c.signalled);
