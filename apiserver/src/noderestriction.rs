@@ -1,7 +1,7 @@
 //! Node restriction for coredumps, as the NodeRestriction admission plugin does for
 //! kubelets: a node agent authenticates with a service-account token bound to its pod,
 //! which carries its node's name; it may create coredumps only for pods bound to that
-//! node with the UID it claims, and may touch only its own node's coredumps.
+//! node with the UID it claims, and may read and touch only its own node's coredumps.
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
@@ -94,6 +94,25 @@ impl NodeRestriction {
         Ok(())
     }
 
+    /// A node identity reads (GET by name) only its own node's coredumps: the agent needs
+    /// that to recognise its own earlier attempt after a lost answer, and RBAC alone would
+    /// let every node read every namespace's coredump metadata. Lists and watches stay
+    /// with RBAC, which grants node agents none.
+    pub fn check_read(user: &UserInfo, obj: &Value) -> Result<(), ApiError> {
+        let Some(node) = node_of(user) else {
+            return Ok(());
+        };
+        let owner = str_at(obj, "/spec/nodeName").unwrap_or_default();
+        if owner == node {
+            return Ok(());
+        }
+        Err(forbidden(
+            user,
+            node,
+            format!("may not read coredumps of node \"{owner}\""),
+        ))
+    }
+
     /// Any other write (update, patch, status, upload, delete) by a node identity is
     /// allowed only on coredumps of its own node; a collection delete not at all.
     pub fn check_owned(user: &UserInfo, obj: Option<&Value>) -> Result<(), ApiError> {
@@ -145,7 +164,13 @@ mod tests {
             NodeRestriction::check_owned(&agent("a"), None).map_err(|e| e.code),
             Err(403)
         );
+        assert!(NodeRestriction::check_read(&agent("a"), &on_a).is_ok());
+        assert_eq!(
+            NodeRestriction::check_read(&agent("b"), &on_a).map_err(|e| e.code),
+            Err(403)
+        );
         // Users without a node are left to RBAC.
+        assert!(NodeRestriction::check_read(&UserInfo::default(), &on_a).is_ok());
         assert!(NodeRestriction::check_owned(&UserInfo::default(), Some(&on_a)).is_ok());
         assert!(NodeRestriction::check_owned(&UserInfo::default(), None).is_ok());
     }

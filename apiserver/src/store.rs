@@ -9,11 +9,14 @@
 //! - `meta`: `rv` (last revision) and `compacted` (revisions up to it are gone from the log).
 //!
 //! Writers are serialized by one lock (a write is a short in-memory transaction), so
-//! revisions are assigned and published in commit order; each write is flushed to disk
-//! before it is acknowledged.
+//! revisions are assigned in commit order; each write is flushed to disk before it is
+//! acknowledged, and its event is published to watchers (live or replaying the log) only
+//! once it is on disk, in revision order: a watcher never sees a change that a crash
+//! could take back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -145,7 +148,7 @@ impl Tx<'_> {
     pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
-            None => self.store.get(key),
+            None => self.store.get_current(key),
         }
     }
 
@@ -194,10 +197,14 @@ pub struct Store {
     /// then blocks the log writers' read locks).
     flush_gate: Arc<RwLock<()>>,
     events: broadcast::Sender<Arc<Event>>,
+    /// Committed events not yet known to be on disk, in revision order.
+    unpublished: Mutex<VecDeque<Arc<Event>>>,
+    /// Every revision up to this one is on disk (and its event published).
+    durable_rv: AtomicU64,
     /// How many log records to keep; older revisions answer 410 Expired.
     log_keep: usize,
     /// Records in the log (sled's `len` walks the tree, so it is counted here).
-    log_len: std::sync::atomic::AtomicUsize,
+    log_len: AtomicUsize,
 }
 
 const META_RV: &[u8] = b"rv";
@@ -216,22 +223,32 @@ impl Store {
         let (events, _) = broadcast::channel(4096);
         let log = db.open_tree("log")?;
         let log_len = log.len();
+        let meta = db.open_tree("meta")?;
+        // What sled recovered is on disk.
+        let durable_rv = read_u64(&meta, META_RV)?;
         Ok(Self {
             objects: db.open_tree("objects")?,
-            meta: db.open_tree("meta")?,
+            meta,
             log,
             db,
             write_lock: Mutex::new(()),
             flush_gate: Arc::new(RwLock::new(())),
             events,
+            unpublished: Mutex::new(VecDeque::new()),
+            durable_rv: AtomicU64::new(durable_rv),
             log_keep: log_keep.max(1),
-            log_len: std::sync::atomic::AtomicUsize::new(log_len),
+            log_len: AtomicUsize::new(log_len),
         })
     }
 
     /// The newest revision.
     pub fn current_rv(&self) -> Result<u64, StoreError> {
         read_u64(&self.meta, META_RV)
+    }
+
+    /// Revisions up to this one are on disk; watchers see changes up to here.
+    pub fn durable_rv(&self) -> u64 {
+        self.durable_rv.load(Ordering::Acquire)
     }
 
     /// Revisions at or below this are no longer in the log.
@@ -243,7 +260,24 @@ impl Store {
         self.events.subscribe()
     }
 
+    /// The object as of the last durable revision: a change still being flushed is not
+    /// shown (it is undone from the log, like a list at an older revision).
     pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+        let durable = self.durable_rv();
+        let current = self.get_current(key)?;
+        // The oldest undurable change to this key holds what it was before.
+        let oldest = self
+            .log_range(durable, u64::MAX)?
+            .into_iter()
+            .find(|ev| ev.key == *key);
+        Ok(match oldest {
+            Some(ev) => ev.prev.map(|p| (*p).clone()),
+            None => current,
+        })
+    }
+
+    /// The object as committed, durable or not (for writers, under the write lock).
+    fn get_current(&self, key: &Key) -> Result<Option<Value>, StoreError> {
         self.objects
             .get(key.encode())?
             .map(|v| decode(&v, key))
@@ -279,8 +313,8 @@ impl Store {
         Ok(out)
     }
 
-    /// The objects in `scope` as they were at revision `rv` (`None`: now), and that
-    /// revision. Fails with [`StoreError::Compacted`] when the log no longer reaches `rv`.
+    /// The objects in `scope` as they were at revision `rv` (`None`: the last durable
+    /// revision, so a change still being flushed is not shown), and that revision. Fails with [`StoreError::Compacted`] when the log no longer reaches `rv`.
     pub fn list_at(
         &self,
         scope: &Scope,
@@ -301,8 +335,9 @@ impl Store {
     ) -> Result<(u64, BTreeMap<Key, Value>), StoreError> {
         // Read the counter first: whatever the scan then sees beyond it is undone below,
         // so the result is exactly the state at `target` without holding the write lock.
+        let durable = self.durable_rv();
         let now = self.current_rv()?;
-        let target = rv.unwrap_or(now).min(now);
+        let target = rv.unwrap_or(durable).min(now);
         let compacted = self.compacted_rv()?;
         if target < compacted {
             return Err(StoreError::Compacted {
@@ -314,7 +349,7 @@ impl Store {
             .list_current_containing(scope, fragments)?
             .into_iter()
             .collect();
-        let newer: Vec<Event> = self.events_after(target)?;
+        let newer: Vec<Event> = self.log_range(target, u64::MAX)?;
         for ev in newer.into_iter().rev() {
             if !scope.contains(&ev.key) {
                 continue;
@@ -331,8 +366,9 @@ impl Store {
         Ok((target, map))
     }
 
-    /// Every logged change after revision `rv`, oldest first.
+    /// Every logged change after revision `rv` that is on disk, oldest first.
     pub fn events_after(&self, rv: u64) -> Result<Vec<Event>, StoreError> {
+        let durable = self.durable_rv();
         let compacted = self.compacted_rv()?;
         if rv < compacted {
             return Err(StoreError::Compacted {
@@ -340,8 +376,19 @@ impl Store {
                 compacted,
             });
         }
+        self.log_range(rv, durable)
+    }
+
+    /// The logged changes after revision `after` up to `upto`, oldest first.
+    fn log_range(&self, after: u64, upto: u64) -> Result<Vec<Event>, StoreError> {
         let mut out = Vec::new();
-        for item in self.log.range((rv + 1).to_be_bytes()..) {
+        if upto <= after {
+            return Ok(out);
+        }
+        for item in self
+            .log
+            .range((after + 1).to_be_bytes()..=upto.to_be_bytes())
+        {
             let (k, v) = item?;
             let rv = u64::from_be_bytes(k.as_ref().try_into().unwrap_or([0; 8]));
             let rec: LogRecord =
@@ -377,14 +424,11 @@ impl Store {
             };
             let value = f(&mut tx)?;
             let events = self.commit(tx.writes)?;
-            for ev in &events {
-                // No receivers is fine: nobody is watching.
-                let _ = self.events.send(Arc::clone(ev));
-            }
-            let len = self
-                .log_len
-                .fetch_add(events.len(), std::sync::atomic::Ordering::Relaxed)
-                + events.len();
+            self.unpublished
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(events.iter().cloned());
+            let len = self.log_len.fetch_add(events.len(), Ordering::Relaxed) + events.len();
             // Trim in steps of a tenth, so most writes pay nothing for it.
             if len > self.log_keep + self.log_keep / 10 {
                 self.compact(self.log_keep)?;
@@ -403,15 +447,32 @@ impl Store {
             .await
             .map_err(|e| StoreError::Flush(e.to_string()))?
             .map_err(StoreError::from)?;
+            // The flush covered every write committed before it began: ours and all
+            // earlier ones.
+            let last = events.last().map_or(0, |ev| ev.rv);
+            self.durable_rv.fetch_max(last, Ordering::AcqRel);
+            self.publish_durable();
         }
         Ok((value, events))
+    }
+
+    /// Publishes the events of durable revisions, in order, to live watchers.
+    fn publish_durable(&self) {
+        let mut queue = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = self.durable_rv();
+        while queue.front().is_some_and(|ev| ev.rv <= durable) {
+            if let Some(ev) = queue.pop_front() {
+                // No receivers is fine: nobody is watching.
+                let _ = self.events.send(ev);
+            }
+        }
     }
 
     fn commit(&self, writes: BTreeMap<Key, Option<Value>>) -> Result<Vec<Arc<Event>>, StoreError> {
         let mut rv = self.current_rv()?;
         let mut events = Vec::new();
         for (key, new) in writes {
-            let prev = self.get(&key)?;
+            let prev = self.get_current(&key)?;
             let kind = match (&prev, &new) {
                 (None, Some(_)) => EventType::Added,
                 (Some(_), Some(_)) => EventType::Modified,
@@ -482,8 +543,7 @@ impl Store {
     /// Drops the oldest log records so that at most `keep` remain.
     pub fn compact(&self, keep: usize) -> Result<u64, StoreError> {
         let len = self.log.len();
-        self.log_len
-            .store(len.min(keep), std::sync::atomic::Ordering::Relaxed);
+        self.log_len.store(len.min(keep), Ordering::Relaxed);
         if len <= keep {
             return self.compacted_rv();
         }
@@ -590,19 +650,17 @@ mod tests {
         assert!(!then.contains(&"b".to_string()), "{then:?}");
     }
 
-    /// sled deadlocks when a flush (holding its concurrency-control read lock while it
-    /// waits for the log to become stable) overlaps a transaction (queued for the write
-    /// lock, which then blocks the log writers' read locks). 10,000 concurrent creates hung
-    /// the server that way; concurrent writers with their flushes must all finish.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writes_and_their_flushes_never_deadlock() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Arc::new(Store::open(dir.path(), 500).expect("open"));
-        let writers: Vec<_> = (0..16)
+    /// `writers` tasks, each putting `each` objects one transaction at a time.
+    fn spawn_writers(
+        store: &Arc<Store>,
+        writers: usize,
+        each: i64,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        (0..writers)
             .map(|w| {
-                let store = Arc::clone(&store);
+                let store = Arc::clone(store);
                 tokio::spawn(async move {
-                    for i in 0..150 {
+                    for i in 0..each {
                         let name = format!("w{w}-{i}");
                         store
                             .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
@@ -614,22 +672,132 @@ mod tests {
                     }
                 })
             })
-            .collect();
+            .collect()
+    }
+
+    /// sled deadlocks when a flush (holding its concurrency-control read lock while it
+    /// waits for the log to become stable) overlaps a transaction (queued for the write
+    /// lock, which then blocks the log writers' read locks). 10,000 concurrent creates hung
+    /// the server that way; concurrent writers with their flushes must all finish.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_writes_and_their_flushes_never_deadlock() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), 500).expect("open"));
+        let writers = spawn_writers(&store, 16, 150);
         // A watchdog thread: deadlocked workers would also stall tokio's timers.
         let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = Arc::clone(&finished);
         std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_secs(120));
-            if !flag.load(std::sync::atomic::Ordering::SeqCst) {
+            if !flag.load(Ordering::SeqCst) {
                 eprintln!("16 writers × 150 writes did not finish in 120 s: the sled deadlock");
                 std::process::exit(101);
             }
         });
         let done = futures::future::join_all(writers).await;
-        finished.store(true, std::sync::atomic::Ordering::SeqCst);
+        finished.store(true, Ordering::SeqCst);
         assert!(done.iter().all(Result::is_ok));
         assert_eq!(store.count("things"), 16 * 150);
         assert_eq!(store.current_rv().expect("rv"), 16 * 150);
+    }
+
+    /// Watchers get every change exactly once, in revision order, and only once it is on
+    /// disk, while concurrent writers' flushes finish in any order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn events_are_published_in_order_and_only_once_flushed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), 10_000).expect("open"));
+        let mut rx = store.subscribe();
+        let writers = spawn_writers(&store, 8, 50);
+        let mut seen = Vec::new();
+        while seen.len() < 8 * 50 {
+            let ev = tokio::time::timeout(std::time::Duration::from_secs(60), rx.recv())
+                .await
+                .expect("events keep coming")
+                .expect("no lag at this size");
+            assert!(
+                ev.rv <= store.durable_rv(),
+                "revision {} published before it was on disk (durable: {})",
+                ev.rv,
+                store.durable_rv()
+            );
+            seen.push(ev.rv);
+        }
+        for w in writers {
+            w.await.expect("writer");
+        }
+        assert_eq!(seen, (1..=8 * 50).collect::<Vec<u64>>());
+        assert_eq!(store.durable_rv(), 8 * 50);
+        // The log replays the same, and nothing past what is durable.
+        assert_eq!(store.events_after(390).expect("log").len(), 10);
+        assert!(store.events_after(400).expect("log").is_empty());
+        drop(store);
+        let reopened = Store::open(dir.path(), 10_000).expect("reopen");
+        assert_eq!(
+            reopened.durable_rv(),
+            8 * 50,
+            "what was recovered is durable"
+        );
+    }
+
+    /// A change committed but not yet flushed is invisible to reads and watchers: it
+    /// could still be lost to a crash.
+    #[tokio::test]
+    async fn reads_show_only_durable_revisions() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path(), 100).expect("open");
+        let scope = Scope {
+            resource: "things".into(),
+            namespace: None,
+        };
+        let (a, b) = (Key::new("things", "ns", "a"), Key::new("things", "ns", "b"));
+        let put = |key: &Key, v: i64| {
+            let key = key.clone();
+            move |tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                let name = key.name.clone();
+                tx.put(key, obj(&name, v));
+                Ok(())
+            }
+        };
+        store.transact(put(&a, 1)).await.expect("write");
+        // As `transact` does, minus the flush.
+        let pending = store
+            .commit(BTreeMap::from([
+                (a.clone(), Some(obj("a", 2))),
+                (b.clone(), Some(obj("b", 1))),
+            ]))
+            .expect("commit");
+        store
+            .unpublished
+            .lock()
+            .expect("queue")
+            .extend(pending.iter().cloned());
+        assert_eq!(
+            (store.durable_rv(), store.current_rv().expect("rv")),
+            (1, 3)
+        );
+        let v = |o: Option<Value>| o.map(|o| o["spec"]["v"].clone());
+        assert_eq!(v(store.get(&a).expect("get")), Some(json!(1)));
+        assert_eq!(v(store.get(&b).expect("get")), None);
+        let (rv, map) = store.list_at(&scope, None).expect("list");
+        assert_eq!(rv, 1);
+        assert_eq!(names(&map), vec![("a".to_string(), 1)]);
+        assert_eq!(store.events_after(0).expect("log").len(), 1);
+        // An explicit revision is served exactly, as before.
+        let (_, map) = store.list_at(&scope, Some(3)).expect("list");
+        assert_eq!(names(&map), vec![("a".into(), 2), ("b".into(), 1)]);
+
+        // The next write's flush covers the earlier ones: all become visible, in order.
+        let mut rx = store.subscribe();
+        store
+            .transact(put(&Key::new("things", "ns", "c"), 1))
+            .await
+            .expect("write");
+        assert_eq!(store.durable_rv(), 4);
+        assert_eq!(v(store.get(&a).expect("get")), Some(json!(2)));
+        let rvs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.rv)).collect();
+        assert_eq!(rvs, vec![2, 3, 4]);
+        assert_eq!(store.list_at(&scope, None).expect("list").1.len(), 3);
     }
 
     #[tokio::test]

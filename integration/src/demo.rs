@@ -11,11 +11,13 @@ use sha2::{Digest, Sha256};
 
 use crate::agent::{build_crasher, crash, FakePod, PodCgroup};
 use crate::kubectl::Kubectl;
+use crate::process::wait_every;
 use crate::Error;
 
 pub const NAMESPACE: &str = "demo";
 pub const POD: &str = "crasher";
 const API: &str = "/apis/coredump.io/v1alpha1";
+const POLL: Duration = Duration::from_millis(100);
 
 /// What one demo run produced, checked end to end.
 #[derive(Debug)]
@@ -64,21 +66,26 @@ pub fn run(
     let c = crash(&crasher, &cgroup.procs(), "segv", 16)?;
     drop(cgroup);
 
-    let cd = poll("the Coredump to be Stored", timeout, || {
+    // Every 100 ms: the latency printed is measured by this loop.
+    let cd = wait_every("the Coredump to be Stored", timeout, POLL, || {
         let items = list(
             kubectl,
             &["get", "coredumps", "-n", NAMESPACE, "-o", "json"],
         )?;
-        let cd = items
+        let Some(cd) = items
             .into_iter()
-            .find(|cd| cd["spec"]["hostPID"].as_u64() == Some(u64::from(c.pid)))?;
+            .find(|cd| cd["spec"]["hostPID"].as_u64() == Some(u64::from(c.pid)))
+        else {
+            return Ok(None);
+        };
         match cd["status"]["phase"].as_str() {
-            Some("Stored") => Some(Ok(cd)),
-            Some(p @ ("Rejected" | "Failed")) => Some(Err(Error::Setup(format!(
+            Some("Stored") => Ok(Some(Ok(cd))),
+            // Final: not retried.
+            Some(p @ ("Rejected" | "Failed")) => Ok(Some(Err(Error::Setup(format!(
                 "the coredump ended {p}: {}",
                 cd["status"]["message"]
-            )))),
-            _ => None,
+            ))))),
+            _ => Ok(None),
         }
     })??;
     let latency = c.ended.elapsed();
@@ -89,7 +96,7 @@ pub fn run(
     let spec = &cd["spec"];
     let sha256 = spec["sha256"].as_str().unwrap_or_default().to_string();
 
-    let event = poll("the CoreDumped Event", timeout, || {
+    let event = wait_every("the CoreDumped Event", timeout, POLL, || {
         let items = list(
             kubectl,
             &[
@@ -103,10 +110,10 @@ pub fn run(
                 "json",
             ],
         )?;
-        items.into_iter().find_map(|e| {
+        Ok(items.into_iter().find_map(|e| {
             let msg = e["message"].as_str()?;
             msg.contains(&name).then(|| msg.to_string())
-        })
+        }))
     })?;
 
     let download = kubectl.run(&[
@@ -139,27 +146,11 @@ pub fn run(
 }
 
 /// The `items` of a `kubectl … -o json` list, or None if kubectl failed.
-fn list(kubectl: &Kubectl, args: &[&str]) -> Option<Vec<Value>> {
-    let out = kubectl.ok(args).ok()?;
-    let v: Value = serde_json::from_str(&out).ok()?;
-    v["items"].as_array().cloned()
-}
-
-/// Polls `f` every 100 ms until it returns Some.
-fn poll<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Result<T, Error> {
-    let t = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return Ok(v);
-        }
-        if t.elapsed() > timeout {
-            return Err(Error::Timeout {
-                what: what.to_string(),
-                last: format!("nothing after {timeout:?}"),
-            });
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+fn list(kubectl: &Kubectl, args: &[&str]) -> Result<Vec<Value>, Error> {
+    let out = kubectl.ok(args)?;
+    let v: Value = serde_json::from_str(&out)
+        .map_err(|e| Error::Setup(format!("kubectl {}: {e}", args.join(" "))))?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
 }
 
 /// What a newcomer types next, for the outcome of [`run`].

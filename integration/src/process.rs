@@ -243,10 +243,21 @@ pub fn free_port() -> Result<u16, Error> {
         .map_err(|e| Error::Io("local_addr".into(), e))
 }
 
-/// Polls `f` until it returns `Some` or the deadline passes.
+/// Polls `f` every 200 ms until it returns `Some` or the deadline passes.
 pub fn wait_for<T>(
     what: &str,
     timeout: Duration,
+    f: impl FnMut() -> Result<Option<T>, Error>,
+) -> Result<T, Error> {
+    wait_every(what, timeout, Duration::from_millis(200), f)
+}
+
+/// Polls `f` every `interval` until it returns `Some` or the deadline passes. Errors are
+/// retried (the last one is reported on timeout), except a process that exited.
+pub fn wait_every<T>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
     mut f: impl FnMut() -> Result<Option<T>, Error>,
 ) -> Result<T, Error> {
     let deadline = Instant::now() + timeout;
@@ -264,6 +275,6 @@ pub fn wait_for<T>(
                 last: last_err.unwrap_or_default(),
             });
         }
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(interval);
     }
 }

@@ -335,6 +335,8 @@ fn node_agent_and_server_service_accounts_have_what_they_need() {
     wait_can_i(&["create", "coredumps.coredump.io", "-n", &ns, &agent]);
     let yes: &[&[&str]] = &[
         &["update", "coredumps.coredump.io", "--subresource=upload"],
+        // Limited to its own node's by the server's node restriction (tests/noderestriction.rs).
+        &["get", "coredumps.coredump.io"],
         &["get", "pods"],
         &["watch", "pods"],
         &["list", "namespaces"],
@@ -343,6 +345,8 @@ fn node_agent_and_server_service_accounts_have_what_they_need() {
     ];
     let no: &[&[&str]] = &[
         &["get", "coredumps.coredump.io", "--subresource=download"],
+        &["list", "coredumps.coredump.io"],
+        &["watch", "coredumps.coredump.io"],
         &["delete", "coredumps.coredump.io"],
         &["get", "secrets"],
     ];

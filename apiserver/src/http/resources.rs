@@ -126,6 +126,9 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
                 return list_or_watch(&state, &kind, Some(&ns), &info, &q, &headers).await;
             }
             let obj = registry.get(&*kind, &ns, &name).await?;
+            if kind.info().plural == coredump_openapi::COREDUMP.plural {
+                NodeRestriction::check_read(&ctx.user, &obj)?;
+            }
             json_response(StatusCode::OK, &negotiate::render_object(&*kind, out, obj))
         }
         (Method::POST, None) => {
