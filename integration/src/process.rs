@@ -234,13 +234,33 @@ pub fn log_tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// A free TCP port on loopback. The port is released before use, so another process could
-/// take it first; the start-up checks then fail loudly rather than silently.
+/// A free TCP port on loopback, below the kernel's ephemeral range: the port is released
+/// before its server binds it, and a port from the ephemeral range (what binding port 0
+/// gives) can meanwhile become the source port of any outgoing connection (seen: a
+/// kube-apiserver failing with "address already in use"). Below that range only another
+/// explicit bind can take it.
 pub fn free_port() -> Result<u16, Error> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Io("bind".into(), e))?;
-    l.local_addr()
-        .map(|a| a.port())
-        .map_err(|e| Error::Io("local_addr".into(), e))
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (low, high) = (10_000u32, ephemeral_low.max(10_001));
+    // Processes (test binaries, `make up`) start at different points of the range.
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..1000 {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = low + start.wrapping_add(n.wrapping_mul(104_729)) % (high - low);
+        let Ok(port) = u16::try_from(port) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+    Err(Error::Setup(format!(
+        "no free port in {low}..{high} after 1000 tries"
+    )))
 }
 
 /// Polls `f` every 200 ms until it returns `Some` or the deadline passes.
