@@ -127,14 +127,22 @@ fn a_node_agent_writes_only_its_own_nodes_coredumps() {
     assert_eq!(r.status, 403, "{}", r.text());
     // It reads its own node's coredumps by name (to recognise an earlier attempt of its
     // own), not another node's, and lists none.
-    let get = |path: &str| agent.get(&format!("{API}/namespaces/{ns}/{path}"), &[]).expect("curl");
+    let get = |path: &str| {
+        agent
+            .get(&format!("{API}/namespaces/{ns}/{path}"), &[])
+            .expect("curl")
+    };
     let r = get("coredumps/ok");
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["spec"]["nodeName"], node_a.as_str());
     let r = get("coredumps/of-b");
     assert_eq!(r.status, 403, "{}", r.text());
     assert_eq!(r.json()["reason"], "Forbidden");
-    assert!(r.text().contains("may not read coredumps of node"), "{}", r.text());
+    assert!(
+        r.text().contains("may not read coredumps of node"),
+        "{}",
+        r.text()
+    );
     let r = get("coredumps");
     assert_eq!(r.status, 403, "{}", r.text());
     let r = get("coredumps/ok/download");

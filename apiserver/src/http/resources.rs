@@ -202,7 +202,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
                 .await?;
             let list = registry::ListResult {
                 items: deleted,
-                resource_version: registry.store.current_rv()?,
+                resource_version: registry.store.durable_rv(),
                 continue_token: None,
                 remaining: None,
             };
