@@ -4,7 +4,7 @@
 //! and its "container" is a kubelet-style cgroup the crashing program joins.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};

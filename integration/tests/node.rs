@@ -373,7 +373,11 @@ fn opted_out_pods_and_namespaces_leave_nothing_and_unknown_pods_are_dropped() {
         eprintln!("opted-out crash of a 64 MiB process took {:?}", t.elapsed());
         assert!(agent.spooled().is_empty(), "no core in the spool");
     }
-    wait_metric(&agent, "coredump_agent_dropped_total{reason=\"OptedOut\"}", 2.0);
+    wait_metric(
+        &agent,
+        "coredump_agent_dropped_total{reason=\"OptedOut\"}",
+        2.0,
+    );
     assert_metric(&agent, "coredump_agent_captured_total", 0.0);
 
     // Opted out after the crash: the core is in the spool (its container is not in the
@@ -406,7 +410,11 @@ fn opted_out_pods_and_namespaces_leave_nothing_and_unknown_pods_are_dropped() {
     let cg = PodCgroup::new(stranger, &random_container_id().expect("id")).expect("cgroup");
     let t = Instant::now();
     crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
-    wait_metric(&agent, "coredump_agent_dropped_total{reason=\"PodUnknown\"}", 1.0);
+    wait_metric(
+        &agent,
+        "coredump_agent_dropped_total{reason=\"PodUnknown\"}",
+        1.0,
+    );
     let waited = t.elapsed();
     eprintln!("unknown pod dropped after {waited:?}");
     assert!(waited >= Duration::from_secs(19), "{waited:?}");
@@ -771,7 +779,11 @@ fn a_core_over_quota_is_recorded_as_rejected_and_not_kept() {
     let agent = Agent::start(env(), AgentOptions::new(&node)).expect("agent");
     let cg = PodCgroup::new(&pod.uid, &pod.container_id).expect("cgroup");
     crash(crasher(), &cg.procs(), "segv", 1).expect("crash");
-    wait_metric(&agent, "coredump_agent_dropped_total{reason=\"QuotaExceeded\"}", 1.0);
+    wait_metric(
+        &agent,
+        "coredump_agent_dropped_total{reason=\"QuotaExceeded\"}",
+        1.0,
+    );
     assert!(agent.spooled().is_empty(), "a rejected core is not kept");
     let items = coredumps(&ns).expect("list");
     assert_eq!(items.len(), 1, "{items:#?}");
