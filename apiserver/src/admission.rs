@@ -149,6 +149,16 @@ fn violations(limits: &[Limit], used: Usage, add: Usage) -> Vec<String> {
     out
 }
 
+/// Whether the namespace has a CoredumpQuota, whose status then follows every change.
+fn has_quota(tx: &Tx<'_>, ns: &str) -> Result<bool, ApiError> {
+    Ok(!tx
+        .list(&Scope {
+            resource: COREDUMP_QUOTA.plural.to_string(),
+            namespace: Some(ns.to_string()),
+        })?
+        .is_empty())
+}
+
 /// Writes `status.hard`/`status.used` of every quota of the namespace where they changed.
 pub fn write_quota_status(tx: &mut Tx<'_>, ns: &str, used: Usage) -> Result<(), ApiError> {
     let quotas = tx.list(&Scope {
@@ -186,6 +196,12 @@ impl QuotaAdmission {
             count: 1,
         };
         let lims = limits(tx, ns, &self.default_hard)?;
+        if lims.is_empty() {
+            // No quota and no default: nothing to check and no status to keep, so the
+            // namespace's coredumps are not read (that would cost O(n) per create).
+            obj["status"] = json!({"phase": "Pending"});
+            return Ok(());
+        }
         let mut used = usage(tx, ns, None)?;
         let mut over = violations(&lims, used, want);
         if !over.is_empty() && lims.iter().any(|l| l.evict_oldest) {
@@ -284,6 +300,9 @@ impl Admission for QuotaAdmission {
                 }],
             ));
         }
+        if !has_quota(tx, &ns)? {
+            return Ok(());
+        }
         let mut used = usage(tx, &ns, Some(&name))?;
         if counts(new) {
             used = add(
@@ -307,8 +326,10 @@ impl Admission for QuotaAdmission {
         if kind.info().plural == COREDUMP.plural {
             let ns = str_at(obj, "/metadata/namespace").unwrap_or_default();
             let name = str_at(obj, "/metadata/name").unwrap_or_default();
-            let used = usage(tx, &ns, Some(&name))?;
-            write_quota_status(tx, &ns, used)?;
+            if has_quota(tx, &ns)? {
+                let used = usage(tx, &ns, Some(&name))?;
+                write_quota_status(tx, &ns, used)?;
+            }
         }
         Ok(())
     }

@@ -360,6 +360,51 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
     assert_eq!(hex::encode(Sha256::digest(&pieces)), core.sha);
 }
 
+/// Without a quota the server does not track usage; a quota created later counts what is
+/// already there, and follows deletes from then on.
+#[test]
+fn a_quota_created_later_counts_the_coredumps_already_there() {
+    let ns = env().namespace("st-late").expect("ns");
+    let c = direct();
+    for (name, stored) in [("a", 100 << 10), ("b", 300 << 10), ("c", 600 << 10)] {
+        let r = post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, name, 1 << 20, stored, &"e".repeat(64)),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        assert_eq!(r.json()["status"]["phase"], "Pending");
+    }
+    let r = post(
+        &c,
+        &ns,
+        "coredumpquotas",
+        &quota(&ns, json!({"count": "3"})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(used(&c, &ns), json!({"storage": "1000Ki", "count": "3"}));
+    // Full: the next one is recorded as Rejected.
+    let r = post(
+        &c,
+        &ns,
+        "coredumps",
+        &coredump(&ns, "d", 1 << 20, 1 << 10, &"e".repeat(64)),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(phase(&c, &ns, "d"), json!(["Rejected", "QuotaExceeded"]));
+    let r = c
+        .request(
+            "DELETE",
+            &format!("{API}/namespaces/{ns}/coredumps/b"),
+            &[],
+            None,
+        )
+        .expect("curl");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(used(&c, &ns), json!({"storage": "700Ki", "count": "2"}));
+}
+
 #[test]
 fn deleting_the_namespace_removes_its_cores_from_disk() {
     let ns = env().namespace("st-nsdel").expect("ns");
