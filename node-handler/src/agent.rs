@@ -2,12 +2,13 @@
 //! `optout.json` current from its pod and namespace watches, delivers every
 //! complete spool entry to the server and counts what was dropped.
 //!
-//! The spool is polled (every `poll_interval`, 100 ms by default) rather
-//! than watched with inotify: a readdir of `cores/` is cheap, polling
-//! cannot miss an event (queue overflow, entries left from before a
-//! restart), works on any filesystem a hostPath may be, and needs no
-//! extra crate. 100 ms keeps it a small part of crash → Stored (BENCHMARKS.md
-//! measured a 500 ms interval as most of that latency).
+//! The spool is polled (every `poll_interval`, 100 ms by default): a readdir
+//! of `cores/` is cheap, and polling cannot miss an entry (inotify queue
+//! overflow, entries left from before a restart, filesystems without
+//! inotify). Beside the poll, inotify on `cores/` ([`crate::wakeup`]) starts
+//! a round as soon as capture moves an entry in, so a crash does not wait
+//! for the next poll (BENCHMARKS.md: the poll interval was most of
+//! crash → Stored).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,6 +26,7 @@ use crate::install::{self, InstallError, InstallOptions, PatternLock, PidfdMode,
 use crate::metrics::{self, Metrics};
 use crate::pods::{self, SharedIndex};
 use crate::spool::{DropReason, Spool, SpoolEntry, SpoolError, CORE_FILE};
+use crate::wakeup::Wakeup;
 
 /// First wait after a failed delivery; doubled per failure up to
 /// `max_backoff`.
@@ -355,6 +357,19 @@ struct Deliverer {
 
 impl Deliverer {
     async fn run(&mut self, poll: Duration, shutdown: &CancellationToken) {
+        let wakeup = match Wakeup::new(&self.spool.cores_dir()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                warn!(error = %e, "no inotify on the spool; polling only");
+                None
+            }
+        };
+        let woken = || async {
+            match &wakeup {
+                Some(w) => w.changed().await,
+                None => std::future::pending().await,
+            }
+        };
         loop {
             let ids = self.housekeeping().await;
             self.track(&ids);
@@ -377,6 +392,7 @@ impl Deliverer {
             }
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
+                _ = woken() => {}
                 _ = shutdown.cancelled() => return,
             }
         }

@@ -14,3 +14,4 @@ pub mod pattern;
 pub mod pods;
 pub mod procinfo;
 pub mod spool;
+pub mod wakeup;
