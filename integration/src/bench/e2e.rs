@@ -205,9 +205,9 @@ impl E2eResults {
             ]);
         }
         s.note(
-            "the agent looks at its spool every 100 ms (--poll-interval, the default): up to \
-             that much of each latency is waiting; a crash arriving right after a look waits \
-             longest",
+            "the agent starts delivery when inotify reports the core in its spool (and polls \
+             every 100 ms besides, --poll-interval): after capture, the latency is one create, \
+             one upload with its verification and fsync, and the watch's delivery",
         );
         s
     }
