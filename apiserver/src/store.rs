@@ -314,7 +314,8 @@ impl Store {
     }
 
     /// The objects in `scope` as they were at revision `rv` (`None`: the last durable
-    /// revision, so a change still being flushed is not shown), and that revision. Fails with [`StoreError::Compacted`] when the log no longer reaches `rv`.
+    /// revision, so a change still being flushed is not shown), and that revision. Fails
+    /// with [`StoreError::Compacted`] when the log no longer reaches `rv`.
     pub fn list_at(
         &self,
         scope: &Scope,
