@@ -149,22 +149,22 @@ fn violations(limits: &[Limit], used: Usage, add: Usage) -> Vec<String> {
     out
 }
 
-/// Whether the namespace has a CoredumpQuota, whose status then follows every change.
-fn has_quota(tx: &Tx<'_>, ns: &str) -> Result<bool, ApiError> {
-    Ok(!tx
-        .list(&Scope {
-            resource: COREDUMP_QUOTA.plural.to_string(),
-            namespace: Some(ns.to_string()),
-        })?
-        .is_empty())
-}
-
 /// Writes `status.hard`/`status.used` of every quota of the namespace where they changed.
-pub fn write_quota_status(tx: &mut Tx<'_>, ns: &str, used: Usage) -> Result<(), ApiError> {
+/// `used` is asked only when the namespace has a quota: without one, nothing reads the
+/// namespace's coredumps (that would cost O(n) per write).
+pub fn write_quota_status(
+    tx: &mut Tx<'_>,
+    ns: &str,
+    used: impl FnOnce(&Tx<'_>) -> Result<Usage, ApiError>,
+) -> Result<(), ApiError> {
     let quotas = tx.list(&Scope {
         resource: COREDUMP_QUOTA.plural.to_string(),
         namespace: Some(ns.to_string()),
     })?;
+    if quotas.is_empty() {
+        return Ok(());
+    }
+    let used = used(tx)?;
     for (key, mut q) in quotas {
         let status = quota_status(&q, used);
         if q.get("status") != Some(&status) {
@@ -225,7 +225,7 @@ impl QuotaAdmission {
         }
         if over.is_empty() {
             obj["status"] = json!({"phase": "Pending"});
-            write_quota_status(tx, ns, add(used, want))?;
+            write_quota_status(tx, ns, |_| Ok(add(used, want)))?;
             return Ok(());
         }
         obj["status"] = json!({
@@ -243,7 +243,7 @@ impl QuotaAdmission {
         for (k, _) in rejected.into_iter().take(excess) {
             tx.delete(k);
         }
-        write_quota_status(tx, ns, used)
+        write_quota_status(tx, ns, |_| Ok(used))
     }
 }
 
@@ -300,20 +300,14 @@ impl Admission for QuotaAdmission {
                 }],
             ));
         }
-        if !has_quota(tx, &ns)? {
-            return Ok(());
-        }
-        let mut used = usage(tx, &ns, Some(&name))?;
-        if counts(new) {
-            used = add(
-                used,
-                Usage {
-                    storage: cost(new),
-                    count: 1,
-                },
-            );
-        }
-        write_quota_status(tx, &ns, used)
+        let now = counts(new).then(|| Usage {
+            storage: cost(new),
+            count: 1,
+        });
+        write_quota_status(tx, &ns, |tx| {
+            let others = usage(tx, &ns, Some(&name))?;
+            Ok(now.map_or(others, |n| add(others, n)))
+        })
     }
 
     fn delete(
@@ -326,10 +320,7 @@ impl Admission for QuotaAdmission {
         if kind.info().plural == COREDUMP.plural {
             let ns = str_at(obj, "/metadata/namespace").unwrap_or_default();
             let name = str_at(obj, "/metadata/name").unwrap_or_default();
-            if has_quota(tx, &ns)? {
-                let used = usage(tx, &ns, Some(&name))?;
-                write_quota_status(tx, &ns, used)?;
-            }
+            write_quota_status(tx, &ns, |tx| usage(tx, &ns, Some(&name)))?;
         }
         Ok(())
     }

@@ -51,10 +51,7 @@ impl Maintenance {
         namespaces.dedup();
         for ns in namespaces {
             self.registry
-                .commit(|tx| {
-                    let used = usage(tx, &ns, None)?;
-                    write_quota_status(tx, &ns, used)
-                })
+                .commit(|tx| write_quota_status(tx, &ns, |tx| usage(tx, &ns, None)))
                 .await?;
         }
         let coredumps = self.all(COREDUMP.plural)?;
@@ -95,8 +92,7 @@ impl Maintenance {
                 }
                 obj["status"] = json!({"phase": "Failed", "reason": reason, "message": message});
                 tx.put(key.clone(), obj);
-                let used = usage(tx, &key.namespace, None)?;
-                write_quota_status(tx, &key.namespace, used)
+                write_quota_status(tx, &key.namespace, |tx| usage(tx, &key.namespace, None))
             })
             .await?;
         Ok(())
