@@ -600,6 +600,17 @@ mod tests {
         json!({"metadata": {"name": name, "namespace": "ns"}, "spec": {"v": v}})
     }
 
+    /// One write of one object, through `transact` (flushed and published).
+    async fn put(store: &Store, key: Key, value: Value) {
+        store
+            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                tx.put(key, value);
+                Ok(())
+            })
+            .await
+            .expect("write");
+    }
+
     fn names(map: &BTreeMap<Key, Value>) -> Vec<(String, i64)> {
         map.iter()
             .map(|(k, v)| (k.name.clone(), v["spec"]["v"].as_i64().unwrap_or(-1)))
@@ -618,24 +629,16 @@ mod tests {
         };
         let labelled = |name: &str, group: &str| json!({"metadata": {"name": name, "namespace": "ns", "labels": {"g": group}}});
         for (name, group) in [("a", "x"), ("b", "y"), ("c", "x")] {
-            let v = labelled(name, group);
-            store
-                .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
-                    tx.put(Key::new("things", "ns", name), v);
-                    Ok(())
-                })
-                .await
-                .expect("put");
+            put(
+                &store,
+                Key::new("things", "ns", name),
+                labelled(name, group),
+            )
+            .await;
         }
         let before = store.current_rv().expect("rv");
         // "c" leaves group x after `before`.
-        store
-            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
-                tx.put(Key::new("things", "ns", "c"), labelled("c", "z"));
-                Ok(())
-            })
-            .await
-            .expect("move c");
+        put(&store, Key::new("things", "ns", "c"), labelled("c", "z")).await;
         let frag = vec![br#""g":"x""#.to_vec()];
         let names = |m: BTreeMap<Key, Value>| m.into_keys().map(|k| k.name).collect::<Vec<_>>();
         let (_, now) = store.list_at_containing(&scope, None, &frag).expect("now");
@@ -663,13 +666,7 @@ mod tests {
                 tokio::spawn(async move {
                     for i in 0..each {
                         let name = format!("w{w}-{i}");
-                        store
-                            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
-                                tx.put(Key::new("things", "ns", &name), obj(&name, i));
-                                Ok(())
-                            })
-                            .await
-                            .expect("write");
+                        put(&store, Key::new("things", "ns", &name), obj(&name, i)).await;
                     }
                 })
             })
@@ -752,15 +749,7 @@ mod tests {
             namespace: None,
         };
         let (a, b) = (Key::new("things", "ns", "a"), Key::new("things", "ns", "b"));
-        let put = |key: &Key, v: i64| {
-            let key = key.clone();
-            move |tx: &mut Tx<'_>| -> Result<(), StoreError> {
-                let name = key.name.clone();
-                tx.put(key, obj(&name, v));
-                Ok(())
-            }
-        };
-        store.transact(put(&a, 1)).await.expect("write");
+        put(&store, a.clone(), obj("a", 1)).await;
         // As `transact` does, minus the flush.
         let pending = store
             .commit(BTreeMap::from([
@@ -790,10 +779,7 @@ mod tests {
 
         // The next write's flush covers the earlier ones: all become visible, in order.
         let mut rx = store.subscribe();
-        store
-            .transact(put(&Key::new("things", "ns", "c"), 1))
-            .await
-            .expect("write");
+        put(&store, Key::new("things", "ns", "c"), obj("c", 1)).await;
         assert_eq!(store.durable_rv(), 4);
         assert_eq!(v(store.get(&a).expect("get")), Some(json!(2)));
         let rvs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.rv)).collect();
@@ -809,17 +795,12 @@ mod tests {
             resource: "things".into(),
             namespace: Some("ns".into()),
         };
-        let put = |name: &'static str, v: i64| {
-            move |tx: &mut Tx<'_>| -> Result<(), StoreError> {
-                tx.put(Key::new("things", "ns", name), obj(name, v));
-                Ok(())
-            }
-        };
-        store.transact(put("a", 1)).await.expect("a1");
-        store.transact(put("b", 1)).await.expect("b1");
+        let key = |name: &str| Key::new("things", "ns", name);
+        put(&store, key("a"), obj("a", 1)).await;
+        put(&store, key("b"), obj("b", 1)).await;
         let rv2 = store.current_rv().expect("rv");
         assert_eq!(rv2, 2);
-        store.transact(put("a", 2)).await.expect("a2");
+        put(&store, key("a"), obj("a", 2)).await;
         store
             .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
                 tx.delete(Key::new("things", "ns", "b"));
