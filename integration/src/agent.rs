@@ -187,11 +187,9 @@ impl Agent {
 
     /// Crashes dropped for any reason so far (all `coredump_agent_dropped_total` series).
     pub fn dropped(&self) -> Result<f64, Error> {
-        let text = self.metrics()?;
-        Ok(text
-            .lines()
-            .filter(|l| l.starts_with("coredump_agent_dropped_total"))
-            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        Ok(samples(&self.metrics()?)
+            .filter(|(series, _)| series.starts_with("coredump_agent_dropped_total"))
+            .map(|(_, v)| v)
             .sum())
     }
 
@@ -269,13 +267,19 @@ pub fn http_get(addr: &str, path: &str) -> Result<(u16, String), Error> {
 
 /// The value of `series` (name with its labels, as exposed) in a Prometheus exposition.
 pub fn parse_metric(text: &str, series: &str) -> f64 {
+    samples(text)
+        .find(|(s, _)| *s == series)
+        .map_or(0.0, |(_, v)| v)
+}
+
+/// Every sample of a Prometheus exposition: (name with its labels, value).
+fn samples(text: &str) -> impl Iterator<Item = (&str, f64)> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            Some((series, value.parse().ok()?))
         })
-        .unwrap_or(0.0)
 }
 
 /// Creates (or keeps) a Node object; no kubelet runs for it, so pods bound to it stay as

@@ -442,17 +442,9 @@ fn cores_wait_in_the_spool_while_the_server_is_down() {
         wait("the core in the spool", &agent, WAIT, || {
             (agent.spooled().len() == 1).then_some(())
         });
-        wait("failed delivery attempts", &agent, WAIT, || {
-            let n = agent.metric("coredump_agent_delivery_retries_total").ok()?;
-            (n >= 3.0).then_some(())
-        });
+        wait_metric(&agent, "coredump_agent_delivery_retries_total", 3.0);
         assert_eq!(agent.spooled().len(), 1, "kept while the server is down");
-        assert_eq!(
-            agent
-                .metric("coredump_agent_uploaded_total")
-                .expect("metrics"),
-            0.0
-        );
+        assert_metric(&agent, "coredump_agent_uploaded_total", 0.0);
     }));
     // Whatever happened above, the other tests need the server back.
     env().server().restart().expect("restarting the server");
@@ -724,12 +716,7 @@ fn with_the_deployed_rbac_and_a_rotating_pod_bound_token() {
     opts.server_url = None;
     opts.token_file = Some(token_file.clone());
     let second = Agent::start(env(), opts).expect("agent");
-    wait("refused attempts", &second, WAIT, || {
-        let n = second
-            .metric("coredump_agent_delivery_retries_total")
-            .ok()?;
-        (n >= 2.0).then_some(())
-    });
+    wait_metric(&second, "coredump_agent_delivery_retries_total", 2.0);
     assert_eq!(second.spooled().len(), 2, "kept while unauthenticated");
 
     // The kubelet rotates the token: the agent reads the new one on its next request.
