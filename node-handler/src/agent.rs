@@ -525,13 +525,19 @@ impl Deliverer {
         let Some(pod_uid) = entry.crash.pod_uid.clone() else {
             return self.discard(id, DropReason::PodUnknown, "no pod UID in the metadata");
         };
+        // Capture files only container cgroups; an entry without an ID (an
+        // older handler's, from a pod-level cgroup) names no container.
+        let Some(container_id) = entry.crash.container_id.clone() else {
+            return self.discard(
+                id,
+                DropReason::ContainerUnknown,
+                "no container ID in the metadata",
+            );
+        };
         let now = Instant::now();
         let (attr, synced_at) = {
             let ix = self.index.lock();
-            (
-                ix.lookup(&pod_uid, entry.crash.container_id.as_deref()),
-                ix.synced_at(),
-            )
+            (ix.lookup(&pod_uid, Some(&container_id)), ix.synced_at())
         };
         // Time waited counts from when the index could have known the pod.
         let Some(synced_at) = synced_at else {
@@ -539,23 +545,10 @@ impl Deliverer {
         };
         let first_seen = self.entries.get(id).map_or(now, |s| s.first_seen);
         let waited = now.saturating_duration_since(first_seen.max(synced_at));
-        let attr = match attr {
-            None if waited < self.pod_wait => return Step::Later(ATTRIBUTION_RETRY),
-            None => {
-                let detail = format!("pod {pod_uid} not on this node after {waited:?}");
-                return self.discard(id, DropReason::PodUnknown, &detail);
-            }
-            // Second line of the opt-out: the label may have come after the
-            // capture (or before optout.json caught up).
-            Some(a) if a.opted_out => {
-                return self.discard(id, DropReason::OptedOut, "pod or namespace opted out")
-            }
-            // The pod is known but its status does not list the container
-            // yet: the watch lags behind the kubelet.
-            Some(a) if a.container_name.is_none() && !a.deleted && waited < self.pod_wait => {
-                return Step::Later(ATTRIBUTION_RETRY)
-            }
-            Some(a) => a,
+        let attr = match place(attr, &pod_uid, waited, self.pod_wait) {
+            Placement::Deliver(a) => a,
+            Placement::Wait => return Step::Later(ATTRIBUTION_RETRY),
+            Placement::Drop(reason, detail) => return self.discard(id, reason, &detail),
         };
         span.record("namespace", attr.namespace.as_str());
         span.record("pod", attr.pod_name.as_str());
@@ -633,6 +626,53 @@ impl Deliverer {
         {
             warn!("recording the CoreDumped event timed out");
         }
+    }
+}
+
+/// Where a core goes once its pod has been looked up.
+#[derive(Debug, PartialEq)]
+enum Placement {
+    Deliver(pods::Attribution),
+    /// Look again later: the watch may not have caught up with the kubelet.
+    Wait,
+    Drop(DropReason, String),
+}
+
+/// Decides from the index's answer (`attr`) and how long the core has
+/// waited. Pure, so every branch is tested. A core is delivered only under
+/// a pod whose status names its container; anything else waits for the
+/// watch up to `pod_wait` and is then dropped, never filed under the pod.
+fn place(
+    attr: Option<pods::Attribution>,
+    pod_uid: &str,
+    waited: Duration,
+    pod_wait: Duration,
+) -> Placement {
+    let patient = waited < pod_wait;
+    match attr {
+        None if patient => Placement::Wait,
+        None => Placement::Drop(
+            DropReason::PodUnknown,
+            format!("pod {pod_uid} not on this node after {waited:?}"),
+        ),
+        // Second line of the opt-out: the label may have come after the
+        // capture (or before optout.json caught up). Before the container
+        // check: privacy first.
+        Some(a) if a.opted_out => {
+            Placement::Drop(DropReason::OptedOut, "pod or namespace opted out".into())
+        }
+        Some(a) if a.container_name.is_some() => Placement::Deliver(a),
+        // The status does not name the container (yet): the watch lags
+        // behind the kubelet, unless the pod is gone (its last status is
+        // all there will be).
+        Some(a) if patient && !a.deleted => Placement::Wait,
+        Some(a) => Placement::Drop(
+            DropReason::ContainerUnknown,
+            format!(
+                "the status of pod {}/{} names no container with this core's container ID",
+                a.namespace, a.pod_name
+            ),
+        ),
     }
 }
 
@@ -717,6 +757,64 @@ mod tests {
         assert_eq!(m.dropped_count(DropReason::OptedOut), 1);
         assert_eq!(m.dropped_count(DropReason::CaptureFailed), 1);
         assert!(spool.list_drops().unwrap().is_empty());
+    }
+
+    fn attribution(container: Option<&str>) -> pods::Attribution {
+        pods::Attribution {
+            pod_name: "web-0".into(),
+            namespace: "shop".into(),
+            pod_uid: "u".into(),
+            container_name: container.map(Into::into),
+            container_id: container.map(|_| format!("containerd://{}", "a".repeat(64))),
+            image: None,
+            opted_out: false,
+            spec_containers: vec!["app".into()],
+            deleted: false,
+        }
+    }
+
+    #[test]
+    fn cores_go_only_to_containers_the_pod_status_names() {
+        let wait = Duration::from_secs(60);
+        let early = Duration::from_secs(1);
+        let late = Duration::from_secs(61);
+        assert_eq!(place(None, "u", early, wait), Placement::Wait);
+        assert!(matches!(
+            place(None, "u", late, wait),
+            Placement::Drop(DropReason::PodUnknown, _)
+        ));
+        let named = attribution(Some("app"));
+        assert_eq!(
+            place(Some(named.clone()), "u", early, wait),
+            Placement::Deliver(named)
+        );
+        // Known pod, container ID not in its status: wait for the watch,
+        // then drop. Never the pod's only container, never "unknown".
+        let unnamed = attribution(None);
+        assert_eq!(
+            place(Some(unnamed.clone()), "u", early, wait),
+            Placement::Wait
+        );
+        assert!(matches!(
+            place(Some(unnamed.clone()), "u", late, wait),
+            Placement::Drop(DropReason::ContainerUnknown, _)
+        ));
+        let gone = pods::Attribution {
+            deleted: true,
+            ..unnamed
+        };
+        assert!(matches!(
+            place(Some(gone), "u", early, wait),
+            Placement::Drop(DropReason::ContainerUnknown, _)
+        ));
+        let quiet = pods::Attribution {
+            opted_out: true,
+            ..attribution(None)
+        };
+        assert!(matches!(
+            place(Some(quiet), "u", early, wait),
+            Placement::Drop(DropReason::OptedOut, _)
+        ));
     }
 
     #[test]

@@ -7,9 +7,11 @@
 //! stdin is closed as soon as the core is read (or refused) and the slower
 //! work (fsync, rename) happens after.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,6 +23,7 @@ use tracing::{info, warn};
 
 use crate::cgroup;
 use crate::config::{CaptureConfig, OptOut};
+use crate::escape::escape;
 use crate::install::InstallState;
 use crate::limits::{self, Refusal, SizeLimit};
 use crate::pattern::{self, Pattern, SpecifierValues};
@@ -60,31 +63,39 @@ pub struct KernelArgs {
     pub gid: u32,
     /// `%F`: fd number of the crasher's pidfd in our fd table.
     pub pidfd: Option<i32>,
-    /// `%E`: executable path with `/` as `!`.
-    pub exe_escaped: String,
-    /// `%e`: comm (the process can set it).
-    pub comm: String,
+    /// `%E`: executable path with `/` as `!`. Bytes: a path need not be
+    /// UTF-8.
+    pub exe_escaped: Vec<u8>,
+    /// `%e`: comm. Bytes, and set by the process (`prctl(PR_SET_NAME)`):
+    /// shown, never used to attribute the crash.
+    pub comm: Vec<u8>,
 }
 
 impl KernelArgs {
     /// Parses `%P %I %s %t %c %d %u %g [%F] %E %e`: %E and %e are always the
-    /// last two, so 9 numbers mean %F is there.
-    pub fn parse(args: &[String]) -> Result<Self, CaptureError> {
+    /// last two, so 9 numbers mean %F is there. The arguments are the
+    /// kernel's bytes; only the numbers need to be text.
+    pub fn parse(args: &[OsString]) -> Result<Self, CaptureError> {
         let n = args.len();
         if !(10..=11).contains(&n) {
             return Err(CaptureError::ArgCount(n));
         }
         let nums = &args[..n - 2];
         fn num<T: std::str::FromStr>(
-            nums: &[String],
+            nums: &[OsString],
             index: usize,
             spec: &'static str,
         ) -> Result<T, CaptureError> {
-            nums[index].parse().map_err(|_| CaptureError::BadNumber {
+            let bad = || CaptureError::BadNumber {
                 index,
                 spec,
-                value: nums[index].clone(),
-            })
+                value: crate::escape::escape(nums[index].as_bytes()),
+            };
+            nums[index]
+                .to_str()
+                .ok_or_else(bad)?
+                .parse()
+                .map_err(|_| bad())
         }
         Ok(Self {
             host_pid: num(nums, 0, "%P")?,
@@ -100,8 +111,8 @@ impl KernelArgs {
             } else {
                 None
             },
-            exe_escaped: args[n - 2].clone(),
-            comm: args[n - 1].clone(),
+            exe_escaped: args[n - 2].as_bytes().to_vec(),
+            comm: args[n - 1].as_bytes().to_vec(),
         })
     }
 
@@ -185,11 +196,12 @@ pub fn run<R: Read + AsFd>(
     opts.overrides.apply(&mut cfg);
     let deadline = started + Duration::from_secs(cfg.deadline_seconds);
     set_hard_deadline(cfg.deadline_seconds);
+    let crash = crash_info(kargs, proc.as_ref().ok(), &cfg.cgroup_roots);
     let ctx = Ctx {
         spool,
         cfg,
         kargs,
-        crash: crash_info(kargs, proc.as_ref().ok()),
+        crash,
         started,
     };
     if let Err(e) = ctx.spool.ensure_layout() {
@@ -204,19 +216,29 @@ pub fn run<R: Read + AsFd>(
         Ok(p) => p,
         Err(e) => return ctx.dropped(DropReason::ProcUnavailable, e.to_string(), 0),
     };
-    let Some(pod) = cgroup::pod_of(&ctx.crash.cgroups) else {
+    let Some(pod) = cgroup::pod_of(&ctx.crash.cgroups, &ctx.cfg.cgroup_roots) else {
         return ctx.not_a_container(&opts.proc_root, &proc);
     };
+    // The cgroup file must be the crasher's own, not that of a process
+    // that took its PID since: never file a crash under a pod otherwise.
+    if !ctx.crash.proc_verified {
+        return ctx.dropped(
+            DropReason::ProcUnverified,
+            "/proc/<pid> could not be shown to be the crasher's (it exited, or its PID was reused)"
+                .into(),
+            0,
+        );
+    }
     info!(
         pid = kargs.host_pid,
         signal = kargs.signal,
         pod_uid = pod.pod_uid,
-        container_id = pod.container_id.as_deref().unwrap_or(""),
+        container_id = pod.container_id,
         "core dump of a pod"
     );
 
     match OptOut::load(&ctx.spool.optout_path()) {
-        Ok(Some(o)) if o.is_opted_out(&pod.pod_uid, pod.container_id.as_deref()) => {
+        Ok(Some(o)) if o.is_opted_out(&pod.pod_uid, Some(&pod.container_id)) => {
             return ctx.dropped(DropReason::OptedOut, "pod or container opted out".into(), 0);
         }
         Ok(_) => {}
@@ -392,12 +414,15 @@ impl Ctx<'_> {
                 None
             },
             comm: self.kargs.comm.clone(),
-            exe: self.crash.executable.clone(),
+            exe: proc
+                .exe
+                .clone()
+                .unwrap_or_else(|| procinfo::unescape_exe(&self.kargs.exe_escaped)),
             rlimit_core: self.kargs.rlimit_core,
             cpu: proc.last_cpu,
             pidfd: self.kargs.pidfd,
         };
-        let expanded: Vec<String> = argv.iter().map(|a| pattern::expand(a, &values)).collect();
+        let expanded: Vec<OsString> = argv.iter().map(|a| pattern::expand(a, &values)).collect();
         info!(
             ?expanded,
             "not in a pod; handing the core to the previous handler"
@@ -533,11 +558,11 @@ impl Ctx<'_> {
     }
 }
 
-fn crash_info(k: &KernelArgs, proc: Option<&ProcInfo>) -> CrashInfo {
+fn crash_info(k: &KernelArgs, proc: Option<&ProcInfo>, roots: &[String]) -> CrashInfo {
     let cgroups = proc
         .map(|p| cgroup::parse_lines(&p.cgroup))
         .unwrap_or_default();
-    let pod = cgroup::pod_of(&cgroups);
+    let pod = cgroup::pod_of(&cgroups, roots);
     CrashInfo {
         host_pid: k.host_pid,
         host_tid: k.host_tid,
@@ -545,25 +570,62 @@ fn crash_info(k: &KernelArgs, proc: Option<&ProcInfo>) -> CrashInfo {
         signal: k.signal,
         signal_name: signal_name(k.signal),
         dump_time: k.time,
-        comm: proc
-            .and_then(|p| p.comm.clone())
-            .unwrap_or_else(|| k.comm.clone()),
-        executable: proc
-            .and_then(|p| p.exe.clone())
-            .unwrap_or_else(|| procinfo::unescape_exe(&k.exe_escaped)),
-        command_line: proc.map(|p| p.command_line.clone()).unwrap_or_default(),
+        // Bytes become text here, losslessly (see `escape`).
+        comm: escape(proc.and_then(|p| p.comm.as_deref()).unwrap_or(&k.comm)),
+        executable: match proc.and_then(|p| p.exe.as_deref()) {
+            Some(exe) => escape(exe),
+            None => escape(&procinfo::unescape_exe(&k.exe_escaped)),
+        },
+        command_line: proc
+            .map(|p| p.command_line.iter().map(|a| escape(a)).collect())
+            .unwrap_or_default(),
         command_line_truncated: proc.is_some_and(|p| p.command_line_truncated),
         uid: k.uid,
         gid: k.gid,
         dumpable: k.dumpable,
         rlimit_core: k.rlimit_core,
         pod_uid: pod.as_ref().map(|p| p.pod_uid.clone()),
-        container_id: pod.as_ref().and_then(|p| p.container_id.clone()),
+        container_id: pod.as_ref().map(|p| p.container_id.clone()),
         container_runtime: pod.as_ref().and_then(|p| p.runtime.clone()),
         qos_class: pod.as_ref().map(|p| p.qos),
         cgroups,
-        proc_verified: proc.is_some_and(|p| p.pidfd_matches || p.core_dumping),
+        proc_verified: proc.is_some_and(ProcInfo::verified),
     }
+}
+
+/// A kernel command line `capture` cannot read still leaves a trace: a
+/// `CaptureFailed` drop record, which the agent counts, never silence.
+/// Returns the record's ID when one was written.
+pub fn record_bad_arguments(spool_root: &Path, detail: String) -> Option<String> {
+    release_stdin();
+    let spool = Spool::new(spool_root);
+    spool.ensure_layout().ok()?;
+    let limit = CaptureConfig::load(&spool.config_path())
+        .unwrap_or_default()
+        .max_drop_records;
+    if spool.count_drops(limit).ok()? >= limit {
+        return None;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let record = DropRecord {
+        format_version: FORMAT_VERSION,
+        // Our own PID: the crasher's is among what could not be read.
+        id: format!("{now}-{}", std::process::id()),
+        reason: DropReason::CaptureFailed,
+        detail,
+        crash: CrashInfo::default(),
+        forwarded_to: None,
+        forward_exit_status: None,
+        raw_bytes_read: 0,
+        handler: HandlerStats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..HandlerStats::default()
+        },
+    };
+    spool.write_drop(&record).ok()
 }
 
 /// SIGALRM's default action ends the handler: the one bound that also
@@ -814,8 +876,8 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> nix::Result<()> {
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split(' ').map(str::to_string).collect()
+    fn args(s: &str) -> Vec<OsString> {
+        s.split(' ').map(OsString::from).collect()
     }
 
     #[test]
@@ -827,13 +889,13 @@ mod tests {
         assert_eq!(k.host_pid, 4242);
         assert_eq!(k.rlimit_core, u64::MAX);
         assert_eq!(k.pidfd, Some(3));
-        assert_eq!(k.exe_escaped, "!usr!bin!x");
-        assert_eq!(k.comm, "my-comm");
+        assert_eq!(k.exe_escaped, b"!usr!bin!x");
+        assert_eq!(k.comm, b"my-comm");
         assert_eq!(k.id(), "1700000000-4242");
 
         let k = KernelArgs::parse(&args("1 1 6 5 0 1 0 0 !x --spool=/evil")).unwrap();
         assert_eq!(k.pidfd, None);
-        assert_eq!(k.comm, "--spool=/evil");
+        assert_eq!(k.comm, b"--spool=/evil");
 
         assert!(matches!(
             KernelArgs::parse(&args("1 2 3")),
@@ -842,6 +904,26 @@ mod tests {
         assert!(matches!(
             KernelArgs::parse(&args("1 x 6 5 0 1 0 0 !x c")),
             Err(CaptureError::BadNumber { index: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn kernel_args_are_bytes() {
+        use std::os::unix::ffi::OsStringExt;
+        let mut a = args("1 1 6 5 0 1 0 0 3 x y");
+        a[9] = OsString::from_vec(b"!tmp!\xff\xfe!crasher".to_vec());
+        a[10] = OsString::from_vec(b"\xff\xfe".to_vec());
+        let k = KernelArgs::parse(&a).unwrap();
+        assert_eq!(k.comm, b"\xff\xfe");
+        assert_eq!(k.exe_escaped, b"!tmp!\xff\xfe!crasher");
+        let info = crash_info(&k, None, &[]);
+        assert_eq!(info.comm, "\\xff\\xfe");
+        assert_eq!(info.executable, "/tmp/\\xff\\xfe/crasher");
+        // A number that is not text is an error, not a panic.
+        a[0] = OsString::from_vec(b"\xff".to_vec());
+        assert!(matches!(
+            KernelArgs::parse(&a),
+            Err(CaptureError::BadNumber { index: 0, .. })
         ));
     }
 

@@ -49,6 +49,11 @@ pub struct CaptureConfig {
     pub max_drop_records: usize,
     /// Size asked for the core pipe (F_SETPIPE_SZ); 0 keeps the kernel's.
     pub pipe_buffer_bytes: u32,
+    /// Cgroup paths where the kubelet's tree (`kubepods`, `kubepods.slice`)
+    /// may start; a kubelet-shaped path anywhere else is not a pod (see
+    /// `cgroup`). `/` unless the kubelet has `--cgroup-root` or runs nested
+    /// (kind: `/kubelet.slice`).
+    pub cgroup_roots: Vec<String>,
 }
 
 impl Default for CaptureConfig {
@@ -66,6 +71,7 @@ impl Default for CaptureConfig {
             deadline_seconds: 180,
             max_drop_records: 10_000,
             pipe_buffer_bytes: 1 << 20,
+            cgroup_roots: vec![crate::cgroup::DEFAULT_ROOT.to_string()],
         }
     }
 }

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use coredump_openapi::types::{
-    validate_coredump, LABEL_CONTAINER, LABEL_NODE, LABEL_POD, MAX_COMMAND_LINE,
+    validate_coredump, LABEL_CONTAINER, LABEL_NODE, LABEL_POD, MAX_COMMAND_LINE, MAX_EXECUTABLE,
 };
 use coredump_openapi::{Coredump, CoredumpPhase, CoredumpSpec};
 use futures::TryStreamExt;
@@ -33,6 +33,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
 use tokio_rustls::TlsConnector;
 
+use crate::escape;
 use crate::pods::{runtime_scheme, Attribution};
 use crate::spool::SpoolEntry;
 
@@ -440,18 +441,6 @@ fn label_value(v: &str) -> Option<String> {
     ok.then(|| v.to_string())
 }
 
-/// Cuts `s` to at most `max` bytes on a character boundary.
-fn cut(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_string();
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_string()
-}
-
 /// The container name for the Coredump: as attributed, else the only
 /// container the pod has, else `unknown` (the container ID still says
 /// which one it was).
@@ -487,8 +476,12 @@ pub fn build_coredump(entry: &SpoolEntry, attr: &Attribution, node: &str, name: 
             labels.insert(k.to_string(), v);
         }
     }
-    let command_line =
-        (!c.command_line.is_empty()).then(|| cut(&c.command_line.join(" "), MAX_COMMAND_LINE));
+    // The spool holds these escaped (see `escape`): cut between escape
+    // units, within the API's limits.
+    let command_line = (!c.command_line.is_empty())
+        .then(|| escape::cut(&c.command_line.join(" "), MAX_COMMAND_LINE).to_string());
+    let executable =
+        Some(escape::cut(&c.executable, MAX_EXECUTABLE).to_string()).filter(|e| !e.is_empty());
     let dump_time = i64::try_from(c.dump_time)
         .ok()
         .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
@@ -511,7 +504,7 @@ pub fn build_coredump(entry: &SpoolEntry, attr: &Attribution, node: &str, name: 
             host_pid: Some(i64::from(c.host_pid)).filter(|p| *p > 0),
             signal: c.signal,
             signal_name: c.signal_name.clone(),
-            executable: Some(c.executable.clone()).filter(|e| !e.is_empty()),
+            executable,
             command_line,
             uid: Some(i64::from(c.uid)),
             gid: Some(i64::from(c.gid)),
@@ -855,6 +848,20 @@ mod tests {
         a.pod_name = "p".repeat(100);
         let cd = build_coredump(&e, &a, "node-1", "x");
         assert!(cd.spec.command_line.as_ref().unwrap().len() <= MAX_COMMAND_LINE);
+        // Escaped non-UTF-8 bytes are never cut in half, and the longest
+        // path the kernel allows, escaped, still fits the API.
+        e.crash.executable = escape::escape(&[0xff; 4096]);
+        e.crash.command_line = vec![escape::escape(&[0xfe; 4096])];
+        let cd = build_coredump(&e, &a, "node-1", "x");
+        assert!(
+            validate_coredump(&cd).is_empty(),
+            "{:?}",
+            validate_coredump(&cd)
+        );
+        let exe = cd.spec.executable.as_deref().unwrap();
+        assert_eq!(exe.len(), MAX_EXECUTABLE);
+        assert!(escape::unescape(exe).is_some());
+        assert!(escape::unescape(cd.spec.command_line.as_deref().unwrap()).is_some());
         assert!(!cd.metadata.labels.as_ref().unwrap().contains_key(LABEL_POD));
         assert_eq!(label_value("-x"), None);
         assert_eq!(label_value("a.b_c-d").as_deref(), Some("a.b_c-d"));

@@ -6,6 +6,7 @@ pub mod capture;
 pub mod cgroup;
 pub mod config;
 pub mod deliver;
+pub mod escape;
 pub mod events;
 pub mod install;
 pub mod limits;

@@ -1,6 +1,7 @@
 //! `coredump-node-handler`: see README.md. Parses the command line, sets up
 //! logging and hands over to the library.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -76,9 +77,10 @@ struct CaptureCmd {
     /// Overrides capture.json: deadline of the whole capture, seconds.
     #[arg(long, env = "COREDUMP_DEADLINE")]
     deadline: Option<u64>,
-    /// `%P %I %s %t %c %d %u %g [%F] %E %e`, after `--`.
-    #[arg(last = true, required = true)]
-    specifiers: Vec<String>,
+    /// `%P %I %s %t %c %d %u %g [%F] %E %e`, after `--`. Bytes, not text:
+    /// `%e` and `%E` are whatever the crasher made them, UTF-8 or not.
+    #[arg(last = true, required = true, value_parser = clap::value_parser!(OsString))]
+    specifiers: Vec<OsString>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -195,6 +197,23 @@ struct AgentCmd {
     /// capture.json: deadline of one capture.
     #[arg(long, env = "COREDUMP_DEADLINE", value_parser = duration)]
     capture_deadline: Option<Duration>,
+    /// capture.json: a cgroup path where the kubelet's tree starts (its
+    /// --cgroup-root, or the node container's cgroup when nested); repeat
+    /// or separate with commas. Default `/`. Kubelet-shaped paths anywhere
+    /// else are not pods.
+    #[arg(long = "cgroup-root", env = "COREDUMP_CGROUP_ROOTS", value_delimiter = ',',
+          value_parser = cgroup_root)]
+    cgroup_roots: Vec<String>,
+}
+
+fn cgroup_root(s: &str) -> Result<String, String> {
+    if s.starts_with('/') && !s.contains("//") {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a cgroup root is an absolute path such as / or /kubelet.slice"
+        ))
+    }
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -221,7 +240,11 @@ fn main() -> anyhow::Result<()> {
         Ok(cli) => cli,
         Err(e) => {
             // Help and version are "errors" too, but not worth a kernel log.
-            if e.use_stderr() && std::env::args().nth(1).as_deref() == Some("capture") {
+            // args_os: args() panics on the non-UTF-8 bytes a crasher can
+            // put into its name or path.
+            if e.use_stderr()
+                && std::env::args_os().nth(1).as_deref() == Some(OsStr::new("capture"))
+            {
                 kmsg(&format!("bad arguments: {e}"));
             }
             e.exit();
@@ -276,6 +299,9 @@ fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
     if let Some(v) = c.capture_deadline {
         capture.deadline_seconds = v.as_secs().max(1);
     }
+    if !c.cgroup_roots.is_empty() {
+        capture.cgroup_roots = c.cgroup_roots;
+    }
     let opts = AgentOptions {
         node_name: c.node_name,
         spool: c.spool,
@@ -326,6 +352,7 @@ fn run_capture(c: CaptureCmd, started: Instant) -> anyhow::Result<()> {
         Err(e) => {
             tracing::error!(error = %e, args = ?c.specifiers, "bad core_pattern arguments");
             kmsg(&format!("bad core_pattern arguments: {e}"));
+            capture::record_bad_arguments(&c.spool, format!("bad core_pattern arguments: {e}"));
             return Err(e.into());
         }
     };

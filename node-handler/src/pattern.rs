@@ -1,6 +1,8 @@
 //! The core_pattern strings: the one we install, recognising it, and running
 //! the one we replaced (expanding its %-specifiers like the kernel does).
 
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::Path;
 
 /// The kernel keeps 128 bytes including the terminating NUL and silently
@@ -134,10 +136,12 @@ pub struct SpecifierValues {
     pub dumpable: u32,
     pub signal: i32,
     pub time: u64,
-    pub hostname: Option<String>,
-    pub comm: String,
+    /// Bytes, like the next two: the crasher sets them, and the kernel
+    /// passes them on unchanged, UTF-8 or not.
+    pub hostname: Option<Vec<u8>>,
+    pub comm: Vec<u8>,
     /// Executable path with `/` (escaped to `!` on expansion).
-    pub exe: String,
+    pub exe: Vec<u8>,
     pub rlimit_core: u64,
     pub cpu: Option<u32>,
     /// Fd number of the pidfd the previous handler will inherit.
@@ -146,44 +150,49 @@ pub struct SpecifierValues {
 
 /// The kernel escapes `/` in `%e`, `%E` and `%h` so they stay one path
 /// component.
-fn escaped(s: &str) -> String {
-    s.replace('/', "!")
+fn escaped(s: &[u8]) -> Vec<u8> {
+    s.iter()
+        .map(|&b| if b == b'/' { b'!' } else { b })
+        .collect()
 }
 
-/// Expands one argv template.
-pub fn expand(template: &str, v: &SpecifierValues) -> String {
+/// Expands one argv template into the bytes of one argument.
+pub fn expand(template: &str, v: &SpecifierValues) -> OsString {
     let opt = |x: Option<i32>| x.map(|x| x.to_string()).unwrap_or_default();
-    let mut out = String::new();
+    let mut out: Vec<u8> = Vec::new();
     let mut chars = template.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
-            out.push(c);
+            let mut buf = [0u8; 4];
+            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
             continue;
         }
-        match chars.next() {
-            Some('%') => out.push('%'),
-            Some('p') => out.push_str(&opt(v.ns_pid)),
-            Some('P') => out.push_str(&v.host_pid.to_string()),
-            Some('i') => out.push_str(&opt(v.ns_tid)),
-            Some('I') => out.push_str(&v.host_tid.to_string()),
-            Some('u') => out.push_str(&v.uid.to_string()),
-            Some('g') => out.push_str(&v.gid.to_string()),
-            Some('d') => out.push_str(&v.dumpable.to_string()),
-            Some('s') => out.push_str(&v.signal.to_string()),
-            Some('t') => out.push_str(&v.time.to_string()),
-            Some('h') => out.push_str(&escaped(v.hostname.as_deref().unwrap_or(""))),
-            Some('e') => out.push_str(&escaped(&v.comm)),
-            Some('E') => out.push_str(&escaped(&v.exe)),
-            Some('f') => out.push_str(&escaped(v.exe.rsplit('/').next().unwrap_or(""))),
-            Some('c') => out.push_str(&v.rlimit_core.to_string()),
-            Some('C') => out.push_str(&v.cpu.map(|c| c.to_string()).unwrap_or_default()),
-            Some('F') => out.push_str(&opt(v.pidfd)),
+        let text = |s: String| s.into_bytes();
+        let part: Vec<u8> = match chars.next() {
+            Some('%') => b"%".to_vec(),
+            Some('p') => text(opt(v.ns_pid)),
+            Some('P') => text(v.host_pid.to_string()),
+            Some('i') => text(opt(v.ns_tid)),
+            Some('I') => text(v.host_tid.to_string()),
+            Some('u') => text(v.uid.to_string()),
+            Some('g') => text(v.gid.to_string()),
+            Some('d') => text(v.dumpable.to_string()),
+            Some('s') => text(v.signal.to_string()),
+            Some('t') => text(v.time.to_string()),
+            Some('h') => escaped(v.hostname.as_deref().unwrap_or_default()),
+            Some('e') => escaped(&v.comm),
+            Some('E') => escaped(&v.exe),
+            Some('f') => escaped(v.exe.rsplit(|&b| b == b'/').next().unwrap_or_default()),
+            Some('c') => text(v.rlimit_core.to_string()),
+            Some('C') => text(v.cpu.map(|c| c.to_string()).unwrap_or_default()),
+            Some('F') => text(opt(v.pidfd)),
             // Unknown specifier or a lone % at the end: nothing, like the
             // kernel.
-            _ => {}
-        }
+            _ => Vec::new(),
+        };
+        out.extend_from_slice(&part);
     }
-    out
+    OsString::from_vec(out)
 }
 
 /// Whether any template uses `%h` (costs a namespace switch to expand).
@@ -285,15 +294,15 @@ mod tests {
             dumpable: 1,
             signal: 11,
             time: 1_700_000_000,
-            hostname: Some("pod-a".into()),
-            comm: "my prog".into(),
-            exe: "/usr/bin/prog".into(),
+            hostname: Some(b"pod-a".to_vec()),
+            comm: b"my prog".to_vec(),
+            exe: b"/usr/bin/prog".to_vec(),
             rlimit_core: u64::MAX,
             cpu: Some(1),
             pidfd: Some(3),
         };
         let sd = "%P %u %g %s %t %c %h %d %F";
-        let got: Vec<String> = sd.split(' ').map(|t| expand(t, &v)).collect();
+        let got: Vec<OsString> = sd.split(' ').map(|t| expand(t, &v)).collect();
         assert_eq!(
             got,
             [

@@ -2,6 +2,13 @@
 //! to (pod UID + container ID from the cgroup → pod, namespace, container,
 //! image) and who opted out of capture.
 //!
+//! Invariant: a container is attributed only when its pod's status
+//! (`containerStatuses`, `initContainerStatuses`,
+//! `ephemeralContainerStatuses`: `containerID` or
+//! `lastState.terminated.containerID`) names exactly the ID from the cgroup
+//! path. The path alone could be made up by anyone who can create cgroups;
+//! the status is the kubelet's word.
+//!
 //! [`PodIndex`] is plain data fed by watch events, so it can be tested
 //! without a cluster; [`watch_pods`] and [`watch_namespaces`] feed it.
 
@@ -113,16 +120,17 @@ impl PodRecord {
         })
     }
 
-    /// The container whose ID (full, or abbreviated as some cgroup names
-    /// are) matches the bare ID from the cgroup path.
+    /// The container whose status names exactly the bare ID from the
+    /// cgroup path (current or last terminated ID). Exact: an ID the status
+    /// does not name is not this pod's container, whatever the path says.
     fn container(&self, bare_id: &str) -> Option<(&ContainerRecord, &str)> {
+        if bare_id.is_empty() {
+            return None;
+        }
         self.containers.iter().find_map(|c| {
             c.ids
                 .iter()
-                .find(|full| {
-                    let hex = strip_runtime(full);
-                    !bare_id.is_empty() && (hex == bare_id || hex.starts_with(bare_id))
-                })
+                .find(|full| strip_runtime(full) == bare_id)
                 .map(|full| (c, full.as_str()))
         })
     }
@@ -518,9 +526,11 @@ mod tests {
         assert_eq!(a.container_name.as_deref(), Some("init"));
         assert_eq!(a.container_id, Some(format!("cri-o://{}", "3".repeat(64))));
 
-        // Some runtimes name cgroups with a 12-digit prefix.
-        let a = ix.lookup(UID, Some(&"2".repeat(12))).unwrap();
+        let a = ix.lookup(UID, Some(&"2".repeat(64))).unwrap();
         assert_eq!(a.container_name.as_deref(), Some("sidecar"));
+        // Only what the status names: a prefix of an ID is not that ID.
+        let a = ix.lookup(UID, Some(&"2".repeat(12))).unwrap();
+        assert_eq!(a.container_name, None);
 
         // Pod known, container not (yet): no guess here.
         let a = ix.lookup(UID, Some(&"9".repeat(64))).unwrap();

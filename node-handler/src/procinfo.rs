@@ -1,12 +1,18 @@
 //! Bounded reads of `/proc/<pid>` for the crashing process.
 //!
-//! All files are opened relative to one directory fd, so every read refers to
-//! the same process even if the PID were reused in between; the pidfd the
-//! kernel hands over with `%F` then shows that this process is the crasher.
+//! Invariants:
+//! - All files are opened relative to one directory fd, so every read
+//!   refers to the same process even if the PID were reused in between; the
+//!   pidfd the kernel hands over with `%F`, checked after the reads, then
+//!   shows that this process is the crasher ([`ProcInfo::verified`]).
+//! - Every read has a size bound, and nothing here panics on what it reads:
+//!   the files are the crasher's (comm, cmdline and exe are set by it, and
+//!   are kept as bytes, not text).
 
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{openat, readlinkat, OFlag};
@@ -39,10 +45,14 @@ pub enum ProcError {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProcInfo {
     pub cgroup: String,
-    pub command_line: Vec<String>,
+    /// argv as the kernel keeps it: bytes, not text (see `escape`).
+    pub command_line: Vec<Vec<u8>>,
     pub command_line_truncated: bool,
-    pub comm: Option<String>,
-    pub exe: Option<String>,
+    /// Set by the process itself (`prctl(PR_SET_NAME)`): shown, never used
+    /// to attribute a crash.
+    pub comm: Option<Vec<u8>>,
+    /// Target of the `exe` link, as bytes.
+    pub exe: Option<Vec<u8>>,
     /// Real UID/GID as seen from the initial user namespace.
     pub uid: Option<u32>,
     pub gid: Option<u32>,
@@ -54,8 +64,29 @@ pub struct ProcInfo {
     pub core_dumping: bool,
     /// CPU the process last ran on (field 39 of stat), for `%C`.
     pub last_cpu: Option<u32>,
-    /// The pidfd from `%F` refers to this very process.
+    /// The kernel passed a pidfd (`%F`) and it was checked.
+    pub had_pidfd: bool,
+    /// The pidfd from `%F` refers to this very process, alive after all
+    /// the reads above.
     pub pidfd_matches: bool,
+}
+
+impl ProcInfo {
+    /// Whether the reads are the crasher's own (no PID reuse in between).
+    ///
+    /// With a pidfd, it alone decides: the process it names was alive, with
+    /// this PID, after the reads, so the directory opened before them was
+    /// its own (a PID is only reused once its process is gone). Without
+    /// one (kernels before 6.16), `CoreDumping: 1` in the status read
+    /// through the same directory fd says that directory is a process being
+    /// dumped right now, which the crasher is until we close stdin.
+    pub fn verified(&self) -> bool {
+        if self.had_pidfd {
+            self.pidfd_matches
+        } else {
+            self.core_dumping
+        }
+    }
 }
 
 /// Reads what attribution needs. `proc_root` is normally `/proc`.
@@ -96,16 +127,13 @@ pub fn read(
         info.command_line = args;
         info.command_line_truncated = truncated;
     }
-    if let Ok(comm) = rd("comm", MAX_SMALL) {
-        info.comm = Some(
-            String::from_utf8_lossy(&comm)
-                .trim_end_matches('\n')
-                .to_string(),
-        );
+    if let Ok(mut comm) = rd("comm", MAX_SMALL) {
+        if comm.last() == Some(&b'\n') {
+            comm.pop();
+        }
+        info.comm = Some(comm);
     }
-    info.exe = readlinkat(dir.as_fd(), "exe")
-        .ok()
-        .map(|p| p.to_string_lossy().into_owned());
+    info.exe = readlinkat(dir.as_fd(), "exe").ok().map(|p| p.into_vec());
     if let Ok(stat) = rd("stat", MAX_SMALL) {
         info.last_cpu = parse_last_cpu(&String::from_utf8_lossy(&stat));
     }
@@ -121,7 +149,9 @@ pub fn read(
                 t.ns_pid
             })
     };
+    // Last, after every read: see ProcInfo::verified.
     if let Some(fd) = pidfd {
+        info.had_pidfd = true;
         info.pidfd_matches = pidfd_is(fd, pid);
     }
     Ok(info)
@@ -157,17 +187,14 @@ pub fn parse_status(status: &str, info: &mut ProcInfo) {
 }
 
 /// Splits the NUL-separated cmdline, keeping at most `max` bytes.
-pub fn split_cmdline(raw: &[u8], max: usize) -> (Vec<String>, bool) {
+pub fn split_cmdline(raw: &[u8], max: usize) -> (Vec<Vec<u8>>, bool) {
     let truncated = raw.len() > max;
     let raw = &raw[..raw.len().min(max)];
     let raw = raw.strip_suffix(b"\0").unwrap_or(raw);
     if raw.is_empty() {
         return (Vec::new(), truncated);
     }
-    let args = raw
-        .split(|&b| b == 0)
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
+    let args = raw.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
     (args, truncated)
 }
 
@@ -208,19 +235,17 @@ fn pidfd_is(fd: BorrowedFd<'_>, pid: i32) -> bool {
 
 /// Hostname in the UTS namespace of `pid` (what `%h` gives). Enters the
 /// namespace on a short-lived thread so the handler's own is untouched.
-pub fn uts_hostname(proc_root: &Path, pid: i32) -> Option<String> {
+pub fn uts_hostname(proc_root: &Path, pid: i32) -> Option<Vec<u8>> {
     let ns = proc_root.join(pid.to_string()).join("ns/uts");
     let ours = std::fs::read_link("/proc/self/ns/uts").ok();
     if ours.is_some() && std::fs::read_link(&ns).ok() == ours {
-        return nix::unistd::gethostname()
-            .ok()
-            .map(|h| h.to_string_lossy().into_owned());
+        return nix::unistd::gethostname().ok().map(|h| h.into_vec());
     }
     let file = File::open(&ns).ok()?;
     std::thread::spawn(move || {
         nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWUTS).ok()?;
         let uts = nix::sys::utsname::uname().ok()?;
-        Some(uts.nodename().to_string_lossy().into_owned())
+        Some(uts.nodename().as_bytes().to_vec())
     })
     .join()
     .ok()
@@ -239,8 +264,11 @@ pub fn own_vm_hwm() -> Option<u64> {
 }
 
 /// `%E` turns `/` into `!`; turn it back (a `!` in the real path is lost).
-pub fn unescape_exe(escaped: &str) -> String {
-    escaped.replace('!', "/")
+pub fn unescape_exe(escaped: &[u8]) -> Vec<u8> {
+    escaped
+        .iter()
+        .map(|&b| if b == b'!' { b'/' } else { b })
+        .collect()
 }
 
 #[cfg(test)]
@@ -262,12 +290,15 @@ mod tests {
     fn cmdline_is_bounded() {
         assert_eq!(
             split_cmdline(b"/bin/x\0-a\0b c\0", 4096),
-            (vec!["/bin/x".into(), "-a".into(), "b c".into()], false)
+            (
+                vec![b"/bin/x".to_vec(), b"-a".to_vec(), b"b c".to_vec()],
+                false
+            )
         );
         assert_eq!(split_cmdline(b"", 4096), (vec![], false));
         let (args, truncated) = split_cmdline(b"abcdef\0ghij\0", 8);
         assert!(truncated);
-        assert_eq!(args, vec!["abcdef".to_string(), "g".to_string()]);
+        assert_eq!(args, vec![b"abcdef".to_vec(), b"g".to_vec()]);
     }
 
     #[test]
@@ -277,6 +308,23 @@ mod tests {
             stat.push_str(&format!(" {i}"));
         }
         assert_eq!(parse_last_cpu(&stat), Some(39));
+    }
+
+    #[test]
+    fn the_pidfd_decides_when_there_is_one() {
+        let mut i = ProcInfo {
+            core_dumping: true,
+            ..ProcInfo::default()
+        };
+        assert!(i.verified(), "no pidfd: CoreDumping");
+        i.had_pidfd = true;
+        assert!(
+            !i.verified(),
+            "a pidfd whose process is gone outweighs CoreDumping"
+        );
+        i.pidfd_matches = true;
+        assert!(i.verified());
+        assert!(!ProcInfo::default().verified());
     }
 
     #[test]

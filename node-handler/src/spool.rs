@@ -165,6 +165,10 @@ pub enum DropReason {
     NotAContainer,
     /// /proc/<pid> could not be read, so the crash cannot be attributed.
     ProcUnavailable,
+    /// /proc/<pid> names a pod, but could not be shown to be the crasher's
+    /// (it exited during the dump, or its PID was reused): not filed under
+    /// a pod it may not belong to.
+    ProcUnverified,
     /// The capture did not finish within its deadline.
     DeadlineExceeded,
     /// Reading, compressing or writing failed.
@@ -172,6 +176,9 @@ pub enum DropReason {
     // The agent's reasons: the core was stored but not delivered.
     /// The pod of the core never showed up in the agent's pod index.
     PodUnknown,
+    /// The pod is known, but its status never named the container ID from
+    /// the cgroup path: not one of its containers.
+    ContainerUnknown,
     /// The namespace's CoredumpQuota had no room: the server recorded the
     /// Coredump as Rejected.
     QuotaExceeded,
@@ -194,9 +201,11 @@ impl DropReason {
             DropReason::RlimitBelowPage => "RlimitBelowPage",
             DropReason::NotAContainer => "NotAContainer",
             DropReason::ProcUnavailable => "ProcUnavailable",
+            DropReason::ProcUnverified => "ProcUnverified",
             DropReason::DeadlineExceeded => "DeadlineExceeded",
             DropReason::CaptureFailed => "CaptureFailed",
             DropReason::PodUnknown => "PodUnknown",
+            DropReason::ContainerUnknown => "ContainerUnknown",
             DropReason::QuotaExceeded => "QuotaExceeded",
             DropReason::Invalid => "Invalid",
             DropReason::EntryUnreadable => "EntryUnreadable",

@@ -6,8 +6,10 @@
 //! `install::PatternLock` while they run, so they serialize among
 //! themselves and with any other test that takes the same lock.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -127,6 +129,14 @@ impl Env {
     /// Crashes of other processes on the machine while our pattern is
     /// installed land in the spool too; they are left out.
     fn wait_outcomes(&self, pids: &[u32]) -> (Vec<SpoolEntry>, Vec<DropRecord>) {
+        self.wait_outcomes_within(pids, WAIT)
+    }
+
+    fn wait_outcomes_within(
+        &self,
+        pids: &[u32],
+        wait: Duration,
+    ) -> (Vec<SpoolEntry>, Vec<DropRecord>) {
         let ours = |pid: i32| pids.iter().any(|&p| p as i32 == pid);
         let t = Instant::now();
         loop {
@@ -150,8 +160,8 @@ impl Env {
                 return (entries, drops);
             }
             assert!(
-                t.elapsed() < WAIT,
-                "waited {WAIT:?} for {} outcomes, have {} entries and {} drops; log:\n{}",
+                t.elapsed() < wait,
+                "waited {wait:?} for {} outcomes, have {} entries and {} drops; log:\n{}",
                 pids.len(),
                 entries.len(),
                 drops.len(),
@@ -235,7 +245,19 @@ struct Crash {
 
 /// Runs the crasher: `mode` segv|abort, `mib` of touched memory.
 fn crash(mode: &str, mib: u64, rlimit: &str, cgroups: &[PathBuf], comm: Option<&str>) -> Crash {
-    let mut cmd = Command::new(crasher());
+    crash_as(crasher(), mode, mib, rlimit, cgroups, comm.map(OsStr::new))
+}
+
+/// [`crash`] of the crasher at `bin`, with a comm of any bytes.
+fn crash_as(
+    bin: &Path,
+    mode: &str,
+    mib: u64,
+    rlimit: &str,
+    cgroups: &[PathBuf],
+    comm: Option<&OsStr>,
+) -> Crash {
+    let mut cmd = Command::new(bin);
     cmd.arg(mode).arg(mib.to_string()).arg(rlimit).args(cgroups);
     cmd.env("CRASHER_TIMING", "1");
     if let Some(c) = comm {
@@ -807,4 +829,99 @@ fn stored_core_is_byte_identical_to_the_kernel_stream() {
     );
     assert_eq!(e.crash.signal_name.as_deref(), Some("SIGABRT"));
     eprintln!("byte-identical: {n} bytes, sha256 {sha}");
+}
+
+/// A pod's crasher with a name that is not UTF-8 and one that runs from a
+/// directory whose name is not UTF-8: the kernel passes those bytes in
+/// `%e` and `%E`, and `capture` must still keep the core, with the bytes
+/// escaped losslessly, and produce a Coredump the API accepts.
+#[test]
+fn non_utf8_comm_and_executable_path_are_captured() {
+    if !can_run("non_utf8_comm_and_executable_path_are_captured") {
+        return;
+    }
+    use coredump_node_handler::escape;
+    let env = Env::new();
+    env.install();
+    let cg = systemd_pod_cgroup(CONTAINER_ID);
+
+    let comm = OsStr::from_bytes(b"\xff\xfe");
+    let named = crash_as(crasher(), "segv", 1, "unlimited", &[cg.procs()], Some(comm));
+    let dir = env.dir.path().join(OsStr::from_bytes(b"d\xff\xfe"));
+    fs::create_dir(&dir).expect("mkdir");
+    let bin = dir.join("crasher");
+    fs::copy(crasher(), &bin).expect("copy crasher");
+    let moved = crash_as(&bin, "abort", 1, "unlimited", &[cg.procs()], None);
+
+    // Before the fix nothing arrived at all: no need to wait long for that.
+    let (entries, drops) =
+        env.wait_outcomes_within(&[named.pid, moved.pid], Duration::from_secs(30));
+    assert!(drops.is_empty(), "{drops:?}");
+    let by_pid = |pid: u32| {
+        entries
+            .iter()
+            .find(|e| e.crash.host_pid == pid as i32)
+            .unwrap_or_else(|| panic!("no entry for pid {pid}: {entries:?}"))
+    };
+    let e = by_pid(named.pid);
+    assert_eq!(e.crash.comm, "\\xff\\xfe");
+    assert_eq!(e.crash.pod_uid.as_deref(), Some(POD_UID));
+    let e2 = by_pid(moved.pid);
+    let want = escape::escape(bin.as_os_str().as_bytes());
+    assert!(want.contains("d\\xff\\xfe/crasher"), "{want}");
+    assert_eq!(e2.crash.executable, want);
+    assert_eq!(e2.crash.command_line[0], want);
+    assert_eq!(
+        escape::unescape(&e2.crash.executable).as_deref(),
+        Some(bin.as_os_str().as_bytes()),
+        "lossless"
+    );
+    for e in [e, e2] {
+        let (n, sha) = decompress(&env.spool, &e.id, &env.dir.path().join("x.core"));
+        assert_eq!((n, sha.as_str()), (e.raw_size, e.sha256.as_str()));
+        let attr = coredump_node_handler::pods::Attribution {
+            pod_name: "web-0".into(),
+            namespace: "shop".into(),
+            pod_uid: POD_UID.into(),
+            container_name: Some("app".into()),
+            container_id: Some(format!("containerd://{CONTAINER_ID}")),
+            image: None,
+            opted_out: false,
+            spec_containers: vec!["app".into()],
+            deleted: false,
+        };
+        let cd = coredump_node_handler::deliver::build_coredump(e, &attr, "node-1", "web-0-x");
+        let errors = coredump_openapi::types::validate_coredump(&cd);
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+}
+
+/// A host process in a cgroup whose path merely contains a kubelet-shaped
+/// tail (a delegated user slice can create such names) is not a pod's:
+/// it goes the way of host processes (`NotAContainer`), never into the
+/// spool under that pod.
+#[test]
+fn kubelet_shaped_cgroup_outside_the_kubelet_root_is_not_a_pod() {
+    if !can_run("kubelet_shaped_cgroup_outside_the_kubelet_root_is_not_a_pod") {
+        return;
+    }
+    let env = Env::new();
+    env.install();
+    let root = cgroup2_root().expect("a cgroup v2 hierarchy");
+    let uid_ = POD_UID.replace('-', "_");
+    for rel in [
+        format!("user.slice/user-1000.slice/kubepods/burstable/pod{POD_UID}/{CONTAINER_ID}"),
+        format!(
+            "user.slice/user-1000.slice/kubepods.slice/kubepods-pod{uid_}.slice/cri-containerd-{CONTAINER_ID}.scope"
+        ),
+    ] {
+        let cg = TestCgroup::new(&root, &rel);
+        let c = crash("segv", 1, "unlimited", &[cg.procs()], None);
+        let (entries, drops) = env.wait_outcomes(&[c.pid]);
+        assert!(entries.is_empty(), "filed under the pod: {entries:?}");
+        let d = &drops[0];
+        assert_eq!(d.reason, DropReason::NotAContainer, "{d:?}");
+        assert_eq!(d.crash.pod_uid, None);
+        assert_eq!(d.crash.container_id, None);
+    }
 }
