@@ -1,4 +1,5 @@
-//! `make up` / `make down` / `make demo`: a local control plane with the add-on and (as
+//! `make up` / `make down` / `make demo`: a local control plane with the add-on, the roles
+//! of `deploy/rbac` as an install applies them, a namespace for each token user, and (as
 //! root) the node agent for this machine, left running in the background, its state
 //! (kubeconfig, logs, pid files) in `.local/`; and one real crash to see it work.
 
@@ -9,15 +10,28 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use coredump_integration::agent::{create_node, Agent, AgentOptions};
 use coredump_integration::bins::{controlplane_bin_dir, workspace_bin};
-use coredump_integration::controlplane::{self, ControlPlane, Endpoints};
+use coredump_integration::controlplane::{self, ControlPlane, Endpoints, USERS};
 use coredump_integration::demo;
 use coredump_integration::extension::{self, ExtensionServer};
 use coredump_integration::kubectl::Kubectl;
-use coredump_integration::process::{stop_group, Lifetime};
+use coredump_integration::process::{stop_group, wait_for, Lifetime};
+use serde_json::json;
 
 /// The agent's handler and spool paths go into core_pattern (at most 127 characters):
 /// a state directory deeper than this keeps the agent's files under /tmp instead.
 const MAX_AGENT_DIR_LEN: usize = 40;
+
+/// The users' roles, the agent's and the server's, as a real install applies them
+/// (deploy/README.md): `kubectl apply -k` of this checkout's `deploy/rbac`.
+const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/rbac");
+
+/// The ClusterRole each token user's group holds in its own namespace: the built-in `edit`,
+/// into which the controller manager aggregates `coredump-edit` (list, download, delete).
+const USER_ROLE: &str = "edit";
+
+/// How long `up` waits for what the README's first commands rely on: the aggregated roles
+/// and the group's OpenAPI document in kube-apiserver.
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
 #[derive(Parser)]
 #[command(about = "Runs a local control plane with the coredump.io add-on")]
@@ -85,6 +99,12 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         },
     )
     .context("extension server")?;
+    let kubectl = Kubectl::new(&cp.endpoints);
+    if let Err(e) = grant_users(&kubectl).and_then(|()| wait_openapi(&kubectl)) {
+        let mut server = server;
+        server.stop();
+        return Err(e);
+    }
     let agent_note = match start_agent(&state, &cp.endpoints, &server) {
         Ok(node) => {
             format!("The node agent serves node {node}: `make demo` crashes a program there.")
@@ -102,18 +122,97 @@ fn up(dir: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_file(&kubectl);
     std::os::unix::fs::symlink(bin_dir.join("kubectl"), &kubectl).context("link kubectl")?;
 
+    let users: Vec<String> = USERS
+        .iter()
+        .map(|u| format!("{} in {}", u.name, u.group))
+        .collect();
     println!(
         "Control plane and coredump.io add-on are running (logs in {state}).\n\n\
-         export KUBECONFIG=$PWD/{kc} PATH=$PWD/{bin}:$PATH\n\
+         export KUBECONFIG={kc} PATH={bin}:$PATH\n\
          kubectl api-resources --api-group=coredump.io\n\
          kubectl get coredumps.coredump.io -A\n\
-         kubectl --context alice get coredumps -n default   # a token user (also: bob)\n\n\
+         kubectl --context alice get coredumps -n team-a   # token users (role {USER_ROLE}): {users}\n\
+         kubectl --context alice get coredumps -n team-b   # Forbidden: team-b is bob's\n\n\
          {agent_note}\n\
          Stop it all with: make down",
         state = state.display(),
-        kc = kubeconfig.display(),
-        bin = local_bin.display(),
+        kc = shell_path(&kubeconfig),
+        bin = shell_path(&local_bin),
+        users = users.join(", "),
     );
+    Ok(())
+}
+
+/// `path` as the user can paste it from where they ran `make up`.
+fn shell_path(path: &Path) -> String {
+    if path.is_absolute() {
+        path.display().to_string()
+    } else {
+        format!("$PWD/{}", path.display())
+    }
+}
+
+/// Applies deploy/rbac, then gives each token user's group a namespace of the same name
+/// (`team-a`, `team-b`) where it holds [`USER_ROLE`]; returns once kube-apiserver allows
+/// each user to download cores there (the controller manager has aggregated the roles).
+fn grant_users(kubectl: &Kubectl) -> anyhow::Result<()> {
+    kubectl
+        .ok(&["apply", "-k", RBAC])
+        .context("kubectl apply -k deploy/rbac")?;
+    let mut items = Vec::new();
+    for u in USERS {
+        items.push(json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": u.group}
+        }));
+        items.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": format!("{}-{USER_ROLE}", u.group), "namespace": u.group},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": USER_ROLE
+            },
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": u.group}]
+        }));
+    }
+    kubectl
+        .apply(&json!({"apiVersion": "v1", "kind": "List", "items": items}))
+        .context("the users' namespaces and RoleBindings")?;
+    for u in USERS {
+        let user = kubectl.context(u.name);
+        wait_for(
+            &format!("{} to be allowed to download cores in {}", u.name, u.group),
+            READY_TIMEOUT,
+            || {
+                let out = user.run(&[
+                    "auth",
+                    "can-i",
+                    "get",
+                    "coredumps.coredump.io",
+                    "--subresource=download",
+                    "-n",
+                    u.group,
+                ])?;
+                Ok((String::from_utf8_lossy(&out.stdout).trim() == "yes").then_some(()))
+            },
+        )?;
+    }
+    Ok(())
+}
+
+/// Waits until kube-apiserver serves the group's OpenAPI document, which `kubectl explain`
+/// reads: the aggregator fetches it from the server a moment after the APIService is
+/// Available.
+fn wait_openapi(kubectl: &Kubectl) -> anyhow::Result<()> {
+    let path = "apis/coredump.io/v1alpha1";
+    wait_for(
+        "kube-apiserver to serve coredump.io's OpenAPI document",
+        READY_TIMEOUT,
+        || {
+            let out = kubectl.run(&["get", "--raw", "/openapi/v3"])?;
+            Ok((out.status.success()
+                && String::from_utf8_lossy(&out.stdout).contains(&format!("\"{path}\"")))
+            .then_some(()))
+        },
+    )?;
     Ok(())
 }
 
