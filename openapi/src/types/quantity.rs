@@ -161,7 +161,11 @@ pub fn quantity_bytes(quantity: &Quantity) -> Result<u64, QuantityError> {
 /// 1000 is "1k", 1536 is "1536", but 10000000000 is "10G", not "9765625Ki" (it is a multiple of
 /// 1Ki too) — as Kubernetes puts the largest possible suffix, and so a "10G" quota reads back
 /// as written.
+///
+/// A count above 2^63-1 (the most a Kubernetes quantity holds, and what [`parse_bytes`]
+/// accepts) is written as 2^63-1, so whatever is written parses back.
 pub fn format_bytes(bytes: u64) -> String {
+    let bytes = bytes.min(i64::MAX as u64);
     if bytes == 0 {
         return "0".to_owned();
     }
@@ -304,7 +308,7 @@ mod tests {
             (3 << 30, "3Gi"),
             (1 << 60, "1Ei"),
             (1_000_000_000_000_000_000, "1E"),
-            (u64::MAX, "18446744073709551615"),
+            (u64::MAX, "9223372036854775807"),
             // Multiples of both 1Ki and 1k: the smaller number wins, binary on a tie.
             (1_024_000, "1000Ki"),
             (3_072_000, "3000Ki"),
@@ -331,6 +335,38 @@ mod tests {
             i64::MAX as u64,
         ] {
             assert_eq!(parse_bytes(&format_bytes(bytes)), Ok(bytes));
+        }
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        /// Any text: a byte count or an error, never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused(s in ".{0,40}") {
+            let _ = parse_bytes(&s);
+        }
+
+        /// Suffixed numbers as a client writes them: no panic, and a value that parses
+        /// formats back to the same count.
+        #[test]
+        fn numbers_with_suffixes_round_trip(
+            n in "[+-]?[0-9]{1,22}(\\.[0-9]{0,4})?(e[0-9]{1,2}|Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E|m)?"
+        ) {
+            if let Ok(bytes) = parse_bytes(&n) {
+                prop_assert_eq!(parse_bytes(&format_bytes(bytes)).expect("re-parse"), bytes);
+            }
+        }
+
+        /// Every count formats to a quantity that parses back to it (past 2^63-1: to
+        /// 2^63-1).
+        #[test]
+        fn every_count_round_trips(bytes in any::<u64>()) {
+            prop_assert_eq!(
+                parse_bytes(&format_bytes(bytes)).expect("parse"),
+                bytes.min(i64::MAX as u64)
+            );
         }
     }
 }

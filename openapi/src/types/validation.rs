@@ -166,6 +166,11 @@ pub fn validate_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// Checks a namespace name: a DNS-1123 label, as Kubernetes requires.
+pub fn validate_namespace_name(name: &str) -> Result<(), String> {
+    validate_label(name)
+}
+
 /// Checks a DNS-1123 label (container names): at most 63 characters, no dots.
 fn validate_label(name: &str) -> Result<(), String> {
     if name.len() > 63 {
@@ -201,6 +206,125 @@ fn validate_metadata(meta: &ObjectMeta, errors: &mut Vec<FieldError>) {
             "name or generateName is required",
         )),
     }
+    if let Some(labels) = &meta.labels {
+        for (k, v) in labels {
+            if let Err(detail) = validate_qualified_name(k) {
+                errors.push(FieldError::invalid("metadata.labels", k, &detail));
+            }
+            if let Err(detail) = validate_label_value(v) {
+                errors.push(FieldError::invalid(
+                    format!("metadata.labels[{k}]"),
+                    v,
+                    &detail,
+                ));
+            }
+        }
+    }
+    if let Some(annotations) = &meta.annotations {
+        let mut total = 0usize;
+        for (k, v) in annotations {
+            if let Err(detail) = validate_qualified_name(&k.to_ascii_lowercase()) {
+                errors.push(FieldError::invalid("metadata.annotations", k, &detail));
+            }
+            total = total.saturating_add(k.len()).saturating_add(v.len());
+        }
+        if total > MAX_ANNOTATIONS_BYTES {
+            errors.push(FieldError::too_long(
+                "metadata.annotations",
+                MAX_ANNOTATIONS_BYTES,
+            ));
+        }
+    }
+    for (i, f) in meta.finalizers.iter().flatten().enumerate() {
+        if let Err(detail) = validate_finalizer(f) {
+            errors.push(FieldError::invalid(
+                format!("metadata.finalizers[{i}]"),
+                f,
+                &detail,
+            ));
+        }
+    }
+}
+
+/// apimachinery's `TotalAnnotationSizeLimitB`: keys and values of all annotations.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Finalizer names without a domain that Kubernetes itself defines.
+const STANDARD_FINALIZERS: [&str; 3] = ["kubernetes", "orphan", "foregroundDeletion"];
+
+const QUALIFIED_NAME_MESSAGE: &str = "name part must consist of alphanumeric characters, '-', \
+     '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName', or \
+     'my.name', or '123-abc')";
+
+/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?`: the name part of a qualified name and a
+/// non-empty label value.
+fn is_qualified_name_part(s: &str) -> bool {
+    let b = s.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_alphanumeric();
+    match (b.first(), b.last()) {
+        (Some(first), Some(last)) => {
+            alnum(first)
+                && alnum(last)
+                && b.iter()
+                    .all(|c| alnum(c) || matches!(c, b'-' | b'_' | b'.'))
+        }
+        _ => false,
+    }
+}
+
+/// apimachinery's `IsQualifiedName`: `[prefix/]name`, prefix a DNS-1123 subdomain, name at
+/// most 63 characters. Label keys, annotation keys and finalizers are qualified names.
+pub fn validate_qualified_name(key: &str) -> Result<(), String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Err("prefix part must be non-empty".to_owned());
+        }
+        validate_name(p).map_err(|d| format!("prefix part {d}"))?;
+    }
+    if name.is_empty() {
+        return Err("name part must be non-empty".to_owned());
+    }
+    if name.len() > 63 {
+        return Err("name part must be no more than 63 characters".to_owned());
+    }
+    if !is_qualified_name_part(name) {
+        return Err(QUALIFIED_NAME_MESSAGE.to_owned());
+    }
+    Ok(())
+}
+
+/// apimachinery's `IsValidLabelValue`: empty, or at most 63 characters of a qualified
+/// name's name part.
+pub fn validate_label_value(v: &str) -> Result<(), String> {
+    if v.is_empty() {
+        return Ok(());
+    }
+    if v.len() > 63 {
+        return Err("must be no more than 63 characters".to_owned());
+    }
+    if !is_qualified_name_part(v) {
+        return Err("a valid label must be an empty string or consist of alphanumeric \
+             characters, '-', '_' or '.', and must start and end with an alphanumeric \
+             character (e.g. 'MyValue', or 'my_value', or '12345')"
+            .to_owned());
+    }
+    Ok(())
+}
+
+/// apimachinery's `ValidateFinalizerName`: a qualified name, domain-qualified unless it is
+/// one of Kubernetes' own.
+fn validate_finalizer(f: &str) -> Result<(), String> {
+    validate_qualified_name(f)?;
+    if !f.contains('/') && !STANDARD_FINALIZERS.contains(&f) {
+        return Err(
+            "name is neither a standard finalizer name nor is it fully qualified".to_owned(),
+        );
+    }
+    Ok(())
 }
 
 fn require(field: &str, value: &str, errors: &mut Vec<FieldError>) -> bool {
@@ -218,15 +342,26 @@ fn max_len(field: &str, value: Option<&str>, max: usize, errors: &mut Vec<FieldE
     }
 }
 
-/// A required quantity of bytes.
+/// Largest core size accepted (`spec.size`, `spec.storedSize`): 1 PiB, far above any
+/// machine's memory, and small enough that the sizes of 8192 cores still add up without
+/// overflow (quota sums saturate as well).
+pub const MAX_CORE_BYTES: u64 = 1 << 50;
+
+/// A required quantity of bytes, at most [`MAX_CORE_BYTES`].
 fn validate_bytes(field: &str, quantity: &Quantity, errors: &mut Vec<FieldError>) {
     if require(field, &quantity.0, errors) {
-        if let Err(e) = parse_bytes(&quantity.0) {
-            errors.push(FieldError::invalid(
+        match parse_bytes(&quantity.0) {
+            Err(e) => errors.push(FieldError::invalid(
                 field,
                 &quantity.0,
                 &quantity_detail(&e),
-            ));
+            )),
+            Ok(n) if n > MAX_CORE_BYTES => errors.push(FieldError::invalid(
+                field,
+                &quantity.0,
+                "must be no more than 1Pi",
+            )),
+            Ok(_) => {}
         }
     }
 }
@@ -610,6 +745,71 @@ mod tests {
             errors[0].to_string(),
             format!("spec.nodeName: Invalid value: \"Node_1\": {DNS1123_SUBDOMAIN_MESSAGE}")
         );
+    }
+
+    #[test]
+    fn metadata_labels_annotations_and_finalizers_are_validated() {
+        let mut cd = valid_coredump();
+        cd.metadata.labels = Some(
+            [
+                ("ok.example.com/app".to_string(), "web-1".to_string()),
+                ("-bad".to_string(), "x".to_string()),
+                ("good".to_string(), "bad value".to_string()),
+                ("Bad_Prefix/x".to_string(), "".to_string()),
+            ]
+            .into(),
+        );
+        cd.metadata.annotations = Some(
+            [
+                ("a".to_string(), "x".repeat(MAX_ANNOTATIONS_BYTES)),
+                ("a b".to_string(), String::new()),
+            ]
+            .into(),
+        );
+        cd.metadata.finalizers = Some(vec![
+            "example.com/keep".into(),
+            "kubernetes".into(),
+            "mine".into(),
+            "bad/finalizer/name".into(),
+        ]);
+        let errors = validate_coredump(&cd);
+        let got = fields(&errors);
+        let i = FieldError::INVALID;
+        for want in [
+            ("metadata.labels", i),
+            ("metadata.labels[good]", i),
+            ("metadata.annotations", i),
+            ("metadata.annotations", FieldError::TOO_LONG),
+            ("metadata.finalizers[2]", i),
+            ("metadata.finalizers[3]", i),
+        ] {
+            assert!(got.contains(&want), "{want:?} in {got:?}");
+        }
+        assert_eq!(
+            got.iter().filter(|(f, _)| *f == "metadata.labels").count(),
+            2,
+            "-bad and Bad_Prefix/x: {got:?}"
+        );
+        assert!(!got.iter().any(|(f, _)| f.starts_with("metadata.finalizers[0]")
+            || f.starts_with("metadata.finalizers[1]")));
+    }
+
+    #[test]
+    fn sizes_are_bounded() {
+        let mut cd = valid_coredump();
+        cd.spec.size = Quantity((MAX_CORE_BYTES + 1).to_string());
+        cd.spec.stored_size = Quantity("8Ei".into());
+        let errors = validate_coredump(&cd);
+        assert_eq!(
+            fields(&errors),
+            vec![
+                ("spec.size", FieldError::INVALID),
+                ("spec.storedSize", FieldError::INVALID)
+            ]
+        );
+        cd.spec.size = Quantity("1Pi".into());
+        cd.spec.stored_size = Quantity("1Pi".into());
+        assert!(validate_coredump(&cd).is_empty());
     }
 
     #[test]
