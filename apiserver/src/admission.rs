@@ -67,8 +67,10 @@ pub fn usage(tx: &Tx<'_>, ns: &str, except: Option<&str>) -> Result<Usage, ApiEr
     let mut u = Usage::default();
     for (k, o) in coredumps(tx, ns)? {
         if Some(k.name.as_str()) != except && counts(&o) {
-            u.storage += cost(&o);
-            u.count += 1;
+            // Saturating: validation bounds each size, but a sum must never wrap (a
+            // wrapped sum would undercount and admit past the quota).
+            u.storage = u.storage.saturating_add(cost(&o));
+            u.count = u.count.saturating_add(1);
         }
     }
     Ok(u)
@@ -128,7 +130,7 @@ fn violations(limits: &[Limit], used: Usage, add: Usage) -> Vec<String> {
     let mut out = Vec::new();
     for Limit { name, hard, .. } in limits {
         if let Some(h) = hard.get(QUOTA_STORAGE) {
-            if used.storage + add.storage > *h {
+            if used.storage.saturating_add(add.storage) > *h {
                 out.push(format!(
                     "{name}: requested storage={}, used storage={}, limited storage={}",
                     format_bytes(add.storage),
@@ -138,7 +140,7 @@ fn violations(limits: &[Limit], used: Usage, add: Usage) -> Vec<String> {
             }
         }
         if let Some(h) = hard.get(QUOTA_COUNT) {
-            if used.count + add.count > *h {
+            if used.count.saturating_add(add.count) > *h {
                 out.push(format!(
                     "{name}: requested count={}, used count={}, limited count={h}",
                     add.count, used.count
@@ -184,8 +186,8 @@ fn quota_status(q: &Value, used: Usage) -> Value {
 
 fn add(a: Usage, b: Usage) -> Usage {
     Usage {
-        storage: a.storage + b.storage,
-        count: a.count + b.count,
+        storage: a.storage.saturating_add(b.storage),
+        count: a.count.saturating_add(b.count),
     }
 }
 

@@ -17,6 +17,8 @@ pub enum BlobError {
     NotFound(String),
     #[error("invalid blob key {0}")]
     BadKey(String),
+    #[error("a core is already stored for {0}")]
+    Exists(String),
 }
 
 /// Which core: the Coredump's namespace, name and uid (a re-created object with the same
@@ -39,7 +41,8 @@ impl<T: Read + Seek + Send> ReadSeek for T {}
 
 /// A blob being written: invisible until `commit`, discarded if dropped.
 pub trait BlobWriter: Write + Send {
-    /// Makes the blob durable and visible under its key, replacing any earlier one.
+    /// Makes the blob durable and visible under its key. Never replaces a stored blob:
+    /// if one is there, [`BlobError::Exists`] and this one is discarded.
     fn commit(self: Box<Self>) -> Result<(), BlobError>;
 }
 
@@ -136,8 +139,21 @@ impl BlobWriter for FsWriter {
             .map(Path::to_path_buf)
             .unwrap_or_default();
         fs::create_dir_all(&dir).map_err(io(format!("create {}", dir.display())))?;
-        fs::rename(&self.tmp, &self.dest)
-            .map_err(io(format!("rename into {}", self.dest.display())))?;
+        // A hard link is an atomic "rename unless the name exists": an upload can never
+        // replace a core another one stored. The temporary name goes after (a crash
+        // in between leaves it in .tmp, which start-up clears).
+        match fs::hard_link(&self.tmp, &self.dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(BlobError::Exists(self.dest.display().to_string()));
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(io(format!("link into {}", self.dest.display()))(e));
+            }
+        }
+        let _ = fs::remove_file(&self.tmp);
         // The rename is durable only once the directory is.
         File::open(&dir)
             .and_then(|d| d.sync_all())
@@ -272,6 +288,27 @@ mod tests {
         assert_eq!(s, "whole core");
         assert_eq!(blobs.size(&key("a")).expect("size"), 10);
         assert_eq!(blobs.list().expect("list"), [key("a")]);
+        assert_eq!(
+            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
+            0,
+            "the temporary name is gone after commit"
+        );
+
+        // A second writer of the same key never replaces the stored core.
+        let mut w = blobs.create(&key("a")).expect("create");
+        w.write_all(b"other").expect("write");
+        assert!(matches!(w.commit(), Err(BlobError::Exists(_))));
+        let mut s = String::new();
+        blobs
+            .open(&key("a"))
+            .expect("open")
+            .read_to_string(&mut s)
+            .expect("read");
+        assert_eq!(s, "whole core", "the first core is intact");
+        assert_eq!(
+            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
+            0
+        );
         blobs.delete(&key("a")).expect("delete");
         blobs.delete(&key("a")).expect("delete twice is fine");
         assert!(blobs.list().expect("list").is_empty());

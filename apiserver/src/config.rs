@@ -96,6 +96,19 @@ pub struct Args {
     #[arg(long, env = "COREDUMP_AUTHZ_CACHE_TTL", default_value = "10s")]
     pub authz_cache_ttl: String,
 
+    /// A client that has not finished its TLS handshake within this is disconnected.
+    #[arg(long, env = "COREDUMP_TLS_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub tls_handshake_timeout: String,
+
+    /// An HTTP/1.1 client that has not sent a request's headers within this (also while
+    /// a kept-alive connection is idle) is disconnected, as kube-apiserver's 32 s.
+    #[arg(long, env = "COREDUMP_REQUEST_HEADER_TIMEOUT", default_value = "32s")]
+    pub request_header_timeout: String,
+
+    /// Connections open at once; more clients wait in the listen backlog until one ends.
+    #[arg(long, env = "COREDUMP_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// kubeconfig for reaching kube-apiserver; in-cluster configuration when unset.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,

@@ -76,6 +76,14 @@ impl ApiError {
         )
         .about(t)
     }
+    /// `namespaces "NS" not found`, as kube-apiserver answers a create in a missing one.
+    pub fn namespace_not_found(ns: &str) -> Self {
+        let mut e = Self::new(404, "NotFound", format!("namespaces \"{ns}\" not found"));
+        let d = e.details.get_or_insert_with(Box::default);
+        d.kind = Some("namespaces".to_string());
+        d.name = Some(ns.to_string());
+        e
+    }
     pub fn path_not_found() -> Self {
         Self::new(
             404,

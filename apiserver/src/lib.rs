@@ -9,12 +9,14 @@ pub mod error;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;
+pub mod namespaces;
 pub mod noderestriction;
 pub mod registry;
 pub mod selfcert;
 pub mod serve;
 pub mod store;
 pub mod tls;
+pub mod uploads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -117,6 +119,7 @@ pub async fn run(
         default_hard: default_quota(&args)?,
         max_rejected: args.max_rejected_per_namespace,
     };
+    let uploads = Arc::new(uploads::Uploads::default());
     let registry = Arc::new(registry::Registry::new(
         Arc::clone(&store),
         kinds,
@@ -131,6 +134,7 @@ pub async fn run(
     maintenance::Maintenance {
         registry: Arc::clone(&registry),
         blobs: Arc::clone(&blobs),
+        uploads: Arc::clone(&uploads),
         pending_timeout: duration("--pending-timeout", &args.pending_timeout)?,
     }
     .spawn(
@@ -152,13 +156,20 @@ pub async fn run(
         metrics,
         blobs,
         auth,
-        node_restriction: Arc::new(noderestriction::NodeRestriction::new(client)),
+        node_restriction: Arc::new(noderestriction::NodeRestriction::new(client.clone())),
+        uploads,
+        namespaces: namespaces::Namespaces::spawn(client),
     });
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Listen { addr, source })?;
     tracing::info!(%addr, "serving");
-    serve::serve(listener, tls, app, shutdown).await;
+    let limits = serve::Limits {
+        handshake_timeout: duration("--tls-handshake-timeout", &args.tls_handshake_timeout)?,
+        header_timeout: duration("--request-header-timeout", &args.request_header_timeout)?,
+        max_connections: args.max_connections,
+    };
+    serve::serve(listener, tls, app, limits, shutdown).await;
     Ok(())
 }

@@ -1,6 +1,11 @@
 //! Background upkeep: at start, quota usage is recomputed and cores whose object is gone
-//! are removed; then, periodically, pending uploads that never arrived expire and cores
-//! older than their namespace's `maxAge` are deleted.
+//! (or that a crashed upload left for a still-Pending object) are removed; then,
+//! periodically, pending uploads that never arrived expire and cores older than their
+//! namespace's `maxAge` are deleted.
+//!
+//! Invariant: a blob is removed here only under its [`crate::uploads::UploadGuard`] and
+//! after reading its object again, so a core an upload is storing, or has just stored,
+//! is never taken for a leftover.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +20,12 @@ use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::registry::{str_at, Ctx, Kind, Preconditions, Registry};
 use crate::store::{Key, Scope};
+use crate::uploads::Uploads;
 
 pub struct Maintenance {
     pub registry: Arc<Registry>,
     pub blobs: Arc<dyn BlobStore>,
+    pub uploads: Arc<Uploads>,
     pub pending_timeout: Duration,
 }
 
@@ -55,18 +62,18 @@ impl Maintenance {
                 .await?;
         }
         let coredumps = self.all(COREDUMP.plural)?;
-        let known: std::collections::BTreeSet<_> =
-            coredumps.iter().filter_map(|(_, o)| blob_key(o)).collect();
+        let stored_keys: std::collections::BTreeSet<_> = coredumps
+            .iter()
+            .filter(|(_, o)| str_at(o, "/status/phase").as_deref() == Some("Stored"))
+            .filter_map(|(_, o)| blob_key(o))
+            .collect();
         let blobs = self.blobs.clone();
         let stored = tokio::task::spawn_blocking(move || blobs.list())
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        for key in stored.iter().filter(|k| !known.contains(*k)) {
-            tracing::info!(%key, "removing a core whose coredump is gone");
-            if let Err(e) = self.blobs.delete(key) {
-                tracing::warn!(%key, error = %e, "removing an orphaned core");
-            }
+        for key in stored.iter().filter(|k| !stored_keys.contains(*k)) {
+            self.remove_leftover(key).await?;
         }
         let on_disk: std::collections::BTreeSet<_> = stored.into_iter().collect();
         for (key, obj) in coredumps {
@@ -76,6 +83,29 @@ impl Maintenance {
                 self.fail(&key, "CoreMissing", "the stored core file is missing")
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Removes a blob that no Stored coredump owns: its object is gone or was replaced,
+    /// or an upload committed the file and died before marking it Stored (the object is
+    /// still Pending and the agent will upload again). Skipped while an upload holds it.
+    async fn remove_leftover(&self, key: &crate::blobs::BlobKey) -> Result<(), ApiError> {
+        let Some(_guard) = self.uploads.try_begin(&key.to_string()) else {
+            return Ok(());
+        };
+        let store_key = Key::new(COREDUMP.plural, &key.namespace, &key.name);
+        let obj = self.registry.store.get(&store_key)?;
+        let owned = obj.as_ref().is_some_and(|o| {
+            blob_key(o).as_ref() == Some(key)
+                && str_at(o, "/status/phase").as_deref() == Some("Stored")
+        });
+        if owned {
+            return Ok(());
+        }
+        tracing::info!(%key, "removing a core no stored coredump owns");
+        if let Err(e) = self.blobs.delete(key) {
+            tracing::warn!(%key, error = %e, "removing a leftover core");
         }
         Ok(())
     }

@@ -1,4 +1,8 @@
 //! Prometheus metrics: requests by verb, resource and code with latency, and objects stored.
+//!
+//! Invariant: every label value comes from a closed set (the served resources and their
+//! subresources, Kubernetes verbs, HTTP methods, status codes); whatever a client makes up
+//! is counted as `other`, so no request, authenticated or not, adds a series.
 
 use std::sync::Arc;
 
@@ -6,7 +10,25 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::http::reqinfo::RequestInfo;
 use crate::store::Store;
+
+/// The label value for anything outside a closed set.
+pub const OTHER: &str = "other";
+
+const VERBS: [&str; 8] = [
+    "get",
+    "list",
+    "watch",
+    "create",
+    "update",
+    "patch",
+    "delete",
+    "deletecollection",
+];
+/// Non-resource requests carry the lower-cased HTTP method as their verb.
+const METHODS: [&str; 7] = ["get", "head", "post", "put", "patch", "delete", "options"];
+const SUBRESOURCES: [&str; 3] = ["status", "download", "upload"];
 
 pub struct Metrics {
     registry: Registry,
@@ -55,9 +77,33 @@ impl Metrics {
         })
     }
 
-    pub fn observe(&self, verb: &str, resource: &str, subresource: &str, code: u16, seconds: f64) {
+    /// The bounded labels of a request: (verb, resource, subresource).
+    pub fn labels<'a>(&self, info: &'a RequestInfo) -> [&'a str; 3] {
+        let closed = |v: &'a str, set: &[&str]| if set.contains(&v) { v } else { OTHER };
+        if !info.is_resource {
+            return [closed(info.verb.as_str(), &METHODS), "", ""];
+        }
+        let resource = if self.resources.contains(&info.resource.as_str()) {
+            info.resource.as_str()
+        } else {
+            OTHER
+        };
+        let sub = info
+            .subresource
+            .as_deref()
+            .map_or("", |s| closed(s, &SUBRESOURCES));
+        [closed(info.verb.as_str(), &VERBS), resource, sub]
+    }
+
+    pub fn observe(&self, info: &RequestInfo, code: u16, seconds: f64) {
+        let [verb, resource, subresource] = self.labels(info);
+        let code = if (100..600).contains(&code) {
+            code.to_string()
+        } else {
+            OTHER.to_string()
+        };
         self.requests
-            .with_label_values(&[verb, resource, subresource, &code.to_string()])
+            .with_label_values(&[verb, resource, subresource, &code])
             .inc();
         self.latency
             .with_label_values(&[verb, resource, subresource])

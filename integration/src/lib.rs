@@ -10,6 +10,7 @@ pub mod curl;
 pub mod demo;
 pub mod env;
 pub mod extension;
+pub mod fixtures;
 pub mod kubectl;
 pub mod pki;
 pub mod process;

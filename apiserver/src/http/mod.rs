@@ -1,7 +1,9 @@
 //! The HTTP surface: routes, content negotiation and the mapping of errors to `Status`.
 
 mod discovery;
+mod drain;
 pub mod negotiate;
+pub mod query;
 pub mod reqinfo;
 pub mod resources;
 mod transfer;
@@ -19,8 +21,11 @@ use crate::auth::Auth;
 use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::namespaces::Namespaces;
 use crate::noderestriction::NodeRestriction;
-use crate::registry::Registry;
+use crate::registry::{FieldSelector, Registry};
+use crate::uploads::Uploads;
+use query::Query;
 use reqinfo::{RequestInfo, API_PREFIX};
 
 #[derive(Clone)]
@@ -30,6 +35,8 @@ pub struct AppState {
     pub blobs: Arc<dyn BlobStore>,
     pub auth: Arc<Auth>,
     pub node_restriction: Arc<NodeRestriction>,
+    pub uploads: Arc<Uploads>,
+    pub namespaces: Arc<Namespaces>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,17 +58,27 @@ pub fn router(state: AppState) -> Router {
 /// Works out what the request asks for (and, with authentication, who asks) before any
 /// handler runs.
 async fn context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
-    let q = req.uri().query().unwrap_or_default().to_string();
-    let params: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
-        .into_owned()
-        .collect();
-    let get = |k: &str| params.iter().find(|(p, _)| p == k).map(|(_, v)| v.as_str());
-    let watch = matches!(get("watch"), Some("true" | "1"));
-    let field_name = get("fieldSelector").and_then(|s| {
-        s.split(',')
-            .find_map(|t| t.trim().strip_prefix("metadata.name=").map(str::to_string))
+    // One parse of the query for authorization and the handlers alike (see `query`).
+    let parsed = Query::parse(req.uri().query()).and_then(|q| {
+        let watch = q.flag("watch")?;
+        Ok((q, watch))
     });
-    let info = RequestInfo::parse(req.method(), req.uri().path(), watch, field_name.as_deref());
+    let (query, watch) = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            let info = RequestInfo::parse(req.method(), req.uri().path(), false, None);
+            let resp = e.into_response();
+            state.metrics.observe(&info, resp.status().as_u16(), 0.0);
+            return resp;
+        }
+    };
+    // A selector's name is what authorization sees (kube-apiserver's RequestInfo);
+    // a selector that does not parse names nothing, and the handler answers 400.
+    let selector = query
+        .get("fieldSelector")
+        .and_then(|s| FieldSelector::parse_syntax(s).ok());
+    let field_name = selector.as_ref().and_then(FieldSelector::pinned_name);
+    let info = RequestInfo::parse(req.method(), req.uri().path(), watch, field_name);
     let span = tracing::info_span!(
         "request",
         verb = %info.verb,
@@ -71,6 +88,9 @@ async fn context(State(state): State<AppState>, mut req: Request, next: Next) ->
         path = %info.path,
     );
     req.extensions_mut().insert(info.clone());
+    req.extensions_mut().insert(query);
+    // A refusal must reach a client still sending its body (see `drain`).
+    let mut req = req.map(drain::DrainOnDrop::wrap);
     let start = std::time::Instant::now();
     // Who asks, and may they: before any handler reads the store, so a user without
     // access learns nothing (403, never a 404 that reveals names).
@@ -84,21 +104,9 @@ async fn context(State(state): State<AppState>, mut req: Request, next: Next) ->
         Err(e) => e.into_response(),
     };
     let code = resp.status().as_u16();
-    let (resource, sub) = if info.is_resource {
-        (
-            info.resource.as_str(),
-            info.subresource.as_deref().unwrap_or(""),
-        )
-    } else {
-        ("", "")
-    };
-    state.metrics.observe(
-        &info.verb,
-        resource,
-        sub,
-        code,
-        start.elapsed().as_secs_f64(),
-    );
+    state
+        .metrics
+        .observe(&info, code, start.elapsed().as_secs_f64());
     span.in_scope(|| tracing::debug!(code, "answered"));
     resp
 }
@@ -114,6 +122,9 @@ async fn ready(State(state): State<AppState>) -> Result<&'static str, ApiError> 
         return Err(ApiError::unavailable(
             "the authentication settings (kube-system/extension-apiserver-authentication) are not read yet",
         ));
+    }
+    if !state.namespaces.is_ready() {
+        return Err(ApiError::unavailable("the namespaces are not listed yet"));
     }
     state
         .registry

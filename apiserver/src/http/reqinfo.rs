@@ -1,5 +1,10 @@
 //! What a request asks for, in Kubernetes' terms: verb, resource, subresource, namespace
 //! and name. The same value drives authorization, routing and metrics.
+//!
+//! Invariant: [`RequestInfo::name`] is the name authorization sees; a handler serves a
+//! named object only by [`RequestInfo::path_name`], and a list or watch whose `name`
+//! came from a `metadata.name` field selector serves at most that name (the selector is
+//! an AND of all its terms, parsed from the same [`super::query::Query`]).
 
 use http::Method;
 
@@ -15,7 +20,13 @@ pub struct RequestInfo {
     pub namespace: Option<String>,
     pub resource: String,
     pub subresource: Option<String>,
+    /// The name authorization sees: the path's, or a list's or watch's `metadata.name`
+    /// field selector (as kube-apiserver's RequestInfo does).
     pub name: Option<String>,
+    /// The name in the URL path: the only one that makes a request about one object.
+    pub path_name: Option<String>,
+    /// Path segments after the subresource (`…/NAME/status/extra`): nothing is served there.
+    pub extra_segments: bool,
     pub path: String,
 }
 
@@ -30,6 +41,8 @@ impl RequestInfo {
             resource: String::new(),
             subresource: None,
             name: None,
+            path_name: None,
+            extra_segments: false,
             path: path.to_string(),
         };
         let Some(rest) = path
@@ -66,9 +79,14 @@ impl RequestInfo {
                 }
             }
         };
+        let path_name = name.clone();
         let name = name.or_else(|| {
             matches!(verb, "list" | "watch")
-                .then(|| field_name.map(str::to_string))
+                .then(|| {
+                    field_name
+                        .filter(|n| valid_path_segment(n))
+                        .map(str::to_string)
+                })
                 .flatten()
         });
         Self {
@@ -78,17 +96,25 @@ impl RequestInfo {
             resource: resource.to_string(),
             subresource,
             name,
+            path_name,
+            extra_segments: tail.len() > 2,
             path: path.to_string(),
         }
     }
 
-    /// Whether the request names one object in the URL (not via a field selector).
+    /// Whether the request is about one object named in the URL (not a field selector).
     pub fn names_object(&self) -> bool {
         !matches!(
             self.verb.as_str(),
             "list" | "watch" | "create" | "deletecollection"
         ) || (self.verb == "create" && self.subresource.is_some())
     }
+}
+
+/// apimachinery's `IsValidPathSegmentName`: a selector's name that could not be a path
+/// segment is not used for authorization (the request is then a plain list).
+fn valid_path_segment(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '%'])
 }
 
 #[cfg(test)]
@@ -125,6 +151,25 @@ mod tests {
         assert_eq!((all.verb.as_str(), all.namespace.clone()), ("watch", None));
         let pinned = RequestInfo::parse(&Method::GET, p, true, Some("x"));
         assert_eq!(pinned.name.as_deref(), Some("x"));
+        assert_eq!(
+            pinned.path_name, None,
+            "a selector never names the object served"
+        );
+        let listed = RequestInfo::parse(&Method::GET, p, false, Some("x"));
+        assert_eq!(
+            (listed.verb.as_str(), listed.path_name.clone()),
+            ("list", None)
+        );
+        let named = RequestInfo::parse(&Method::GET, &format!("{p}/a"), true, Some("b"));
+        assert_eq!(
+            named.name.as_deref(),
+            Some("a"),
+            "the path's name is authorized"
+        );
+        assert_eq!(
+            RequestInfo::parse(&Method::GET, p, false, Some("a/b")).name,
+            None
+        );
         let nr = info(Method::GET, "/metrics", false);
         assert!(!nr.is_resource);
         assert_eq!(nr.verb, "get");

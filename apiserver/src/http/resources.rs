@@ -1,7 +1,6 @@
 //! Resource requests: maps HTTP (method, path, query, body, Accept) onto the registry and
 //! renders its answers.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -13,6 +12,7 @@ use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::negotiate::{self, Output};
+use super::query::Query;
 use super::reqinfo::RequestInfo;
 use super::AppState;
 use crate::auth::UserInfo;
@@ -33,18 +33,6 @@ pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
-type Query = HashMap<String, String>;
-
-fn parse_query(q: Option<&str>) -> Query {
-    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
-}
-
-fn flag(q: &Query, key: &str) -> bool {
-    matches!(q.get(key).map(String::as_str), Some("true" | "1"))
-}
-
 async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
     let info = req
         .extensions()
@@ -56,20 +44,33 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
         .get::<UserInfo>()
         .cloned()
         .unwrap_or_default();
-    let q = parse_query(req.uri().query());
+    // The query as authorization saw it (parsed once, in the request context).
+    let q = req
+        .extensions()
+        .get::<Query>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("request query missing"))?;
     let registry = Arc::clone(&state.registry);
     let kind = registry
         .kind(&info.resource)
         .ok_or_else(ApiError::path_not_found)?;
+    if info.extra_segments {
+        return Err(ApiError::path_not_found());
+    }
     let Some(ns) = info.namespace.clone() else {
         // Only lists and watches span namespaces; a name needs its namespace.
-        return match (info.verb.as_str(), &info.name) {
-            ("list" | "watch", _) if info.subresource.is_none() => {
+        return match (info.verb.as_str(), &info.path_name) {
+            ("list" | "watch", None) if info.subresource.is_none() => {
                 list_or_watch(&state, &kind, None, &info, &q, req.headers()).await
             }
             _ => Err(ApiError::path_not_found()),
         };
     };
+    if let Err(why) = coredump_openapi::types::validate_namespace_name(&ns) {
+        return Err(ApiError::bad_request(format!(
+            "invalid namespace {ns:?}: {why}"
+        )));
+    }
     let mut ctx = Ctx {
         user,
         dry_run: dry_run(&q)?,
@@ -84,7 +85,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
         && writes
         && node_of(&ctx.user).is_some()
     {
-        let current = match &info.name {
+        let current = match &info.path_name {
             Some(name) => Some(registry.get(&*kind, &ns, name).await?),
             None => None,
         };
@@ -103,7 +104,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
         }
         Some(_) => return Err(ApiError::path_not_found()),
     };
-    let name = info.name.clone();
+    let name = info.path_name.clone();
     let write = WriteOpts {
         status_only,
         validation,
@@ -122,7 +123,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
                 false,
                 q.get("includeObject").map(String::as_str),
             )?;
-            if flag(&q, "watch") {
+            if info.verb == "watch" {
                 return list_or_watch(&state, &kind, Some(&ns), &info, &q, &headers).await;
             }
             let obj = registry.get(&*kind, &ns, &name).await?;
@@ -139,6 +140,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
             }
             let out = negotiate::choose(&headers, false, false, None)?;
             let body = read_json(req, &["application/json"]).await?;
+            state.namespaces.check_create(&ns).await?;
             if kind.info().plural == coredump_openapi::COREDUMP.plural {
                 state
                     .node_restriction
@@ -228,15 +230,10 @@ async fn list_or_watch(
 ) -> Result<Response, ApiError> {
     let watch = info.verb == "watch";
     let mut opts = list_options(kind, q)?;
-    if watch && info.name.is_some() && opts.field.pinned_name().is_none() {
-        // GET …/name?watch=true: a watch of that one object.
-        if let Some(name) = &info.name {
-            opts.field = FieldSelector::parse(
-                &format!("metadata.name={name}"),
-                &["metadata.name"],
-                kind.info().kind,
-            )?;
-        }
+    if let Some(name) = &info.path_name {
+        // GET …/name?watch=true: a watch of that one object, whatever else the selector
+        // says (a selector naming another object is a 400, as in kube-apiserver).
+        opts.field = opts.field.and_name(name)?;
     }
     let out = negotiate::choose(
         headers,
@@ -304,9 +301,17 @@ pub fn list_options(kind: &Arc<dyn Kind>, q: &Query) -> Result<ListOptions, ApiE
             .get("resourceVersionMatch")
             .filter(|s| !s.is_empty())
             .cloned(),
-        allow_bookmarks: flag(q, "allowWatchBookmarks"),
-        timeout_seconds: q.get("timeoutSeconds").and_then(|s| s.parse().ok()),
-        send_initial_events: q.get("sendInitialEvents").map(|s| s == "true" || s == "1"),
+        allow_bookmarks: q.flag("allowWatchBookmarks")?,
+        timeout_seconds: match q.non_empty("timeoutSeconds") {
+            Some(t) => Some(t.parse().map_err(|_| {
+                ApiError::bad_request(format!("timeoutSeconds: invalid value {t:?}"))
+            })?),
+            None => None,
+        },
+        send_initial_events: match q.non_empty("sendInitialEvents") {
+            Some(_) => Some(q.flag("sendInitialEvents")?),
+            None => None,
+        },
     })
 }
 

@@ -10,7 +10,6 @@
 //! cannot send headers) fetch a piece, so cores larger than one request window of the
 //! aggregator can be fetched in several requests.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
@@ -24,6 +23,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::negotiate;
+use super::query::Query;
 use super::reqinfo::RequestInfo;
 use super::resources::json_response;
 use super::AppState;
@@ -43,11 +43,11 @@ pub async fn handle(
     kind: &Arc<dyn Kind>,
     ns: &str,
     info: &RequestInfo,
-    q: &HashMap<String, String>,
+    q: &Query,
     req: Request,
-    _ctx: &Ctx,
+    ctx: &Ctx,
 ) -> Result<Response, ApiError> {
-    let name = info.name.as_deref().unwrap_or_default();
+    let name = info.path_name.as_deref().unwrap_or_default();
     let (download, expected) = match info.subresource.as_deref() {
         Some("download") => (true, Method::GET),
         _ => (false, Method::PUT),
@@ -56,6 +56,13 @@ pub async fn handle(
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource: use {expected}"
         )));
+    }
+    if !download && ctx.dry_run {
+        // An upload is the core itself: there is nothing to simulate, and a dry run
+        // must change nothing. Refused before the body is read.
+        return Err(ApiError::bad_request(
+            "dryRun is not supported for the upload subresource",
+        ));
     }
     let obj = state.registry.get(&**kind, ns, name).await?;
     if download {
@@ -76,6 +83,11 @@ fn blob_error(e: BlobError) -> ApiError {
         BlobError::NotFound(what) => {
             ApiError::new(410, "Gone", format!("the stored core of {what} is missing"))
         }
+        BlobError::Exists(what) => ApiError::new(
+            409,
+            "Conflict",
+            format!("a core is already stored for {what}"),
+        ),
         e => ApiError::internal(format!("core storage: {e}")),
     }
 }
@@ -126,6 +138,27 @@ async fn upload_core(
     obj: Value,
     req: Request,
 ) -> Result<Response, ApiError> {
+    let key = blob_key(&obj).ok_or_else(|| ApiError::internal("coredump without uid"))?;
+    // One upload per core at a time, refused before its body is read; the guard is
+    // held until the object says Stored (or the blob is gone again). See `uploads`.
+    let Some(_guard) = state.uploads.try_begin(&key.to_string()) else {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!(
+                "coredumps.coredump.io \"{name}\": an upload of this core is already in progress"
+            ),
+        ));
+    };
+    // Read again under the guard: an upload that finished meanwhile made it Stored.
+    let obj = state.registry.get(&**kind, ns, name).await?;
+    if blob_key(&obj).as_ref() != Some(&key) {
+        return Err(ApiError::new(
+            409,
+            "Conflict",
+            format!("coredumps.coredump.io \"{name}\" was replaced during the upload"),
+        ));
+    }
     let phase = str_at(&obj, "/status/phase").unwrap_or_default();
     if phase != "Pending" {
         return Err(ApiError::new(
@@ -137,7 +170,6 @@ async fn upload_core(
     let stored_size = spec_bytes(&obj, "storedSize")?;
     let raw_size = spec_bytes(&obj, "size")?;
     let sha = str_at(&obj, "/spec/sha256").unwrap_or_default();
-    let key = blob_key(&obj).ok_or_else(|| ApiError::internal("coredump without uid"))?;
     if let Some(len) = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -252,7 +284,8 @@ async fn upload_core(
             ),
         ),
         Err(e) => {
-            // Deleted or no longer Pending meanwhile: the file must not outlive that.
+            // Deleted meanwhile: the file must not outlive its object. It is ours to
+            // remove: commit never replaces, and the guard kept other uploads out.
             let _ = state.blobs.delete(&key);
             Err(e)
         }
@@ -266,11 +299,7 @@ struct Span {
     len: u64,
 }
 
-fn parse_range(
-    headers: &HeaderMap,
-    q: &HashMap<String, String>,
-    total: u64,
-) -> Result<Option<Span>, ApiError> {
+fn parse_range(headers: &HeaderMap, q: &Query, total: u64) -> Result<Option<Span>, ApiError> {
     let unsatisfiable = || {
         ApiError::new(
             416,
@@ -335,7 +364,7 @@ fn parse_range(
 async fn download_core(
     state: &AppState,
     obj: &Value,
-    q: &HashMap<String, String>,
+    q: &Query,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
     let name = str_at(obj, "/metadata/name").unwrap_or_default();
@@ -350,7 +379,7 @@ async fn download_core(
         ));
     }
     let key = blob_key(obj).ok_or_else(|| ApiError::internal("coredump without uid"))?;
-    let compressed = matches!(q.get("compressed").map(String::as_str), Some("true" | "1"));
+    let compressed = q.flag("compressed")?;
     let total = if compressed {
         state.blobs.size(&key).map_err(blob_error)?
     } else {
@@ -509,5 +538,31 @@ mod tests {
             range(None, &[("offset", "-1")], 100).expect_err("neg").code,
             400
         );
+    }
+
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any Range header or offset/length: no panic; a span is inside the core.
+        #[test]
+        fn any_range_is_inside_the_core_or_refused(
+            header in proptest::option::of("(bytes=)?[0-9 -]{0,24}"),
+            offset in proptest::option::of("[0-9-]{0,22}"),
+            length in proptest::option::of("[0-9]{0,22}"),
+            total in 0u64..u64::MAX,
+        ) {
+            let mut q = Vec::new();
+            if let Some(o) = &offset { q.push(("offset", o.as_str())); }
+            if let Some(l) = &length { q.push(("length", l.as_str())); }
+            match range(header.as_deref(), &q, total) {
+                Ok(Some(span)) => {
+                    prop_assert!(span.len > 0);
+                    prop_assert!(span.start.checked_add(span.len).is_some_and(|end| end <= total));
+                }
+                Ok(None) => prop_assert!(header.is_none() && q.is_empty()),
+                Err(e) => prop_assert!(e.code == 400 || e.code == 416),
+            }
+        }
     }
 }

@@ -355,4 +355,50 @@ mod tests {
         assert!(decoded.pointer("/spec/extra").is_none());
         assert_eq!(decoded["spec"]["hard"]["storage"], "1Mi");
     }
+
+    use proptest::prelude::*;
+
+    /// Arbitrary JSON, biased towards the shapes of our objects.
+    fn json_value() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_map(|f| serde_json::json!(f)),
+            ".{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            let keys = prop_oneof![
+                Just("metadata".to_string()),
+                Just("spec".to_string()),
+                Just("status".to_string()),
+                Just("name".to_string()),
+                Just("labels".to_string()),
+                Just("hard".to_string()),
+                Just("size".to_string()),
+                "[a-zA-Z]{1,8}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map(keys, inner, 0..5)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any request body: decoding and validation never panic, and what decodes
+        /// encodes back to JSON that decodes to the same object.
+        #[test]
+        fn any_body_decodes_or_is_refused(body in json_value()) {
+            for kind in [&CoredumpKind as &dyn Kind, &QuotaKind] {
+                if let Ok((obj, _unknown)) = kind.decode(&body) {
+                    let _ = kind.validate(&obj);
+                    let (again, _) = kind.decode(&obj).expect("a decoded object decodes");
+                    prop_assert_eq!(again, obj);
+                }
+            }
+        }
+    }
 }

@@ -36,10 +36,14 @@ impl LabelSelector {
             ))
         };
         let mut reqs = Vec::new();
+        if s.trim().is_empty() {
+            return Ok(Self(reqs));
+        }
         for term in split_top_level(s) {
             let term = term.trim();
             if term.is_empty() {
-                continue;
+                // `a,,b` and `a,`: kube-apiserver's lexer wants an identifier there.
+                return Err(bad("found ',', expected: identifier"));
             }
             let req = if let Some(rest) = term.strip_prefix('!') {
                 let key = rest.trim();
@@ -252,33 +256,91 @@ fn is_dns_label(s: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
 }
 
-/// A parsed `fieldSelector`: `field=value`, `field==value`, `field!=value`, comma-joined.
+/// A parsed `fieldSelector`: `field=value`, `field==value`, `field!=value`, comma-joined,
+/// with kube-apiserver's escapes (`\\`, `\,`, `\=` in values). Every term must hold (AND),
+/// so a selector that pins `metadata.name` never matches another name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
+/// Splits on commas that are not escaped with a backslash (apimachinery's `splitTerms`).
+fn split_field_terms(s: &str) -> Vec<&str> {
+    let mut terms = Vec::new();
+    let mut start = 0;
+    let mut in_slash = false;
+    for (i, c) in s.char_indices() {
+        if in_slash {
+            in_slash = false;
+        } else if c == '\\' {
+            in_slash = true;
+        } else if c == ',' {
+            terms.push(&s[start..i]);
+            start = i + 1;
+        }
+    }
+    terms.push(&s[start..]);
+    terms
+}
+
+/// apimachinery's `UnescapeValue`: unescaped `,` and `=` are not allowed in a value.
+fn unescape_field_value(v: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(v.len());
+    let mut in_slash = false;
+    for c in v.chars() {
+        if in_slash {
+            match c {
+                '\\' | ',' | '=' => out.push(c),
+                _ => return Err(format!("invalid escape sequence: \\{c}")),
+            }
+            in_slash = false;
+            continue;
+        }
+        match c {
+            '\\' => in_slash = true,
+            ',' | '=' => return Err(format!("invalid field selector value: unescaped '{c}'")),
+            _ => out.push(c),
+        }
+    }
+    if in_slash {
+        return Err("invalid escape sequence: \\".into());
+    }
+    Ok(out)
+}
+
 impl FieldSelector {
-    /// Parses and checks every field against `supported` (as kube-apiserver does, an
-    /// unsupported field is a 400 "field label not supported").
-    pub fn parse(s: &str, supported: &[&str], kind: &str) -> Result<Self, ApiError> {
+    /// Parses the syntax only, whatever the fields: what authorization needs to find the
+    /// pinned name. [`FieldSelector::parse`] adds the check of the fields.
+    pub fn parse_syntax(s: &str) -> Result<Self, ApiError> {
         let mut reqs = Vec::new();
-        for term in s.split(',') {
-            let term = term.trim();
-            if term.is_empty() {
+        for term in split_field_terms(s) {
+            if term.trim().is_empty() {
                 continue;
             }
-            let (field, eq, value) = if let Some((f, v)) = term.split_once("!=") {
-                (f, false, v)
-            } else if let Some((f, v)) = term.split_once("==") {
-                (f, true, v)
-            } else if let Some((f, v)) = term.split_once('=') {
-                (f, true, v)
-            } else {
+            // The first operator in the term splits it (apimachinery's `splitTerm`).
+            let split = term.char_indices().find_map(|(i, _)| {
+                let rest = &term[i..];
+                [("!=", false), ("==", true), ("=", true)]
+                    .iter()
+                    .find(|(op, _)| rest.starts_with(op))
+                    .map(|(op, eq)| (&term[..i], *eq, &rest[op.len()..]))
+            });
+            let Some((field, eq, value)) = split else {
                 return Err(ApiError::bad_request(format!(
                     "invalid selector: '{s}'; can't understand '{term}'"
                 )));
             };
-            let field = field.trim();
-            if !supported.contains(&field) {
+            let value = unescape_field_value(value)
+                .map_err(|why| ApiError::bad_request(format!("invalid selector: '{s}': {why}")))?;
+            reqs.push((field.trim().to_string(), eq, value));
+        }
+        Ok(Self(reqs))
+    }
+
+    /// Parses and checks every field against `supported` (as kube-apiserver does, an
+    /// unsupported field is a 400 "field label not supported").
+    pub fn parse(s: &str, supported: &[&str], kind: &str) -> Result<Self, ApiError> {
+        let sel = Self::parse_syntax(s)?;
+        for (field, _, _) in &sel.0 {
+            if !supported.contains(&field.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "\"{field}\" is not a known field selector: only {}",
                     supported
@@ -291,9 +353,8 @@ impl FieldSelector {
                     "field label not supported: {field} for {kind}: "
                 )));
             }
-            reqs.push((field.to_string(), eq, value.trim().to_string()));
         }
-        Ok(Self(reqs))
+        Ok(sel)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -301,11 +362,27 @@ impl FieldSelector {
     }
 
     /// The name a `metadata.name=X` selector pins, for authorization and `kubectl wait`.
+    /// With several such terms any one is a bound: all must hold.
     pub fn pinned_name(&self) -> Option<&str> {
         self.0
             .iter()
             .find(|(f, eq, _)| f == "metadata.name" && *eq)
             .map(|(_, _, v)| v.as_str())
+    }
+
+    /// This selector and `metadata.name=name`: what a watch of one named object serves.
+    /// A selector pinning another name is a 400, as kube-apiserver answers.
+    pub fn and_name(mut self, name: &str) -> Result<Self, ApiError> {
+        if let Some(pinned) = self.pinned_name() {
+            if pinned != name {
+                return Err(ApiError::bad_request(format!(
+                    "fieldSelector metadata.name doesn't match requested name {name:?}"
+                )));
+            }
+        }
+        self.0
+            .push(("metadata.name".to_string(), true, name.to_string()));
+        Ok(self)
     }
 
     /// Matches using `field_value(field)` to read the object's fields.
@@ -424,5 +501,103 @@ mod tests {
             "{}",
             e.message
         );
+    }
+
+    #[test]
+    fn field_selector_values_follow_apimachinery_escapes() {
+        let f = ["metadata.name", "spec.nodeName"];
+        for bad in [
+            "metadata.name=x=y",
+            "metadata.name=a\\q",
+            "metadata.name=a\\",
+            "metadata.name",
+        ] {
+            assert_eq!(
+                FieldSelector::parse(bad, &f, "Coredump")
+                    .expect_err(bad)
+                    .code,
+                400,
+                "{bad}"
+            );
+        }
+        let sel = FieldSelector::parse("spec.nodeName=a\\,b\\=c,metadata.name==x", &f, "Coredump")
+            .expect("escaped");
+        assert!(sel.matches(|field| Some(
+            if field == "spec.nodeName" {
+                "a,b=c"
+            } else {
+                "x"
+            }
+            .to_string()
+        )));
+        assert_eq!(sel.pinned_name(), Some("x"));
+        assert!(LabelSelector::parse("a,,b").is_err());
+        assert!(LabelSelector::parse("a,").is_err());
+        assert!(LabelSelector::parse("  ").expect("blank").is_empty());
+    }
+
+    #[test]
+    fn a_named_watch_serves_only_its_name() {
+        let f = ["metadata.name", "status.phase"];
+        let other = FieldSelector::parse("metadata.name=b", &f, "Coredump").expect("parse");
+        assert_eq!(other.and_name("a").expect_err("mismatch").code, 400);
+        let sel = FieldSelector::parse("status.phase=Stored", &f, "Coredump")
+            .expect("parse")
+            .and_name("a")
+            .expect("and");
+        assert_eq!(sel.pinned_name(), Some("a"));
+        assert!(!sel.matches(|field| Some(
+            if field == "metadata.name" {
+                "b"
+            } else {
+                "Stored"
+            }
+            .to_string()
+        )));
+    }
+
+    use proptest::prelude::*;
+
+    fn escape(v: &str) -> String {
+        v.replace('\\', "\\\\")
+            .replace(',', "\\,")
+            .replace('=', "\\=")
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any selector text: no panic, and an error is a 400.
+        #[test]
+        fn any_selector_parses_or_is_a_400(s in ".{0,80}") {
+            if let Err(e) = LabelSelector::parse(&s) {
+                prop_assert_eq!(e.code, 400);
+            }
+            if let Err(e) = FieldSelector::parse_syntax(&s) {
+                prop_assert_eq!(e.code, 400);
+            }
+        }
+
+        /// Equalities over valid keys and values match exactly the labels they name.
+        #[test]
+        fn label_equalities_round_trip(
+            pairs in proptest::collection::btree_map("[a-z][a-z0-9]{0,8}", "[A-Za-z0-9]{0,10}", 1..5)
+        ) {
+            let text = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",");
+            let sel = LabelSelector::parse(&text).expect("valid selector");
+            prop_assert!(sel.matches(&pairs));
+            let mut other = pairs.clone();
+            if let Some((_, v)) = other.iter_mut().next() {
+                v.push('x');
+            }
+            prop_assert!(!sel.matches(&other));
+        }
+
+        /// An escaped value comes back unchanged, whatever it holds.
+        #[test]
+        fn field_values_round_trip_through_escapes(v in "[^ ]{0,40}") {
+            let sel = FieldSelector::parse_syntax(&format!("spec.nodeName={}", escape(&v)))
+                .expect("escaped value parses");
+            prop_assert!(sel.matches(|_| Some(v.clone())));
+        }
     }
 }

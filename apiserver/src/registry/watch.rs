@@ -65,6 +65,8 @@ pub fn start(
     let (tx, rx) = mpsc::channel(256);
     let timeout = opts
         .timeout_seconds
+        // 0 means no client timeout (kube-apiserver's reading), not "end at once".
+        .filter(|&t| t > 0)
         .map(Duration::from_secs)
         .unwrap_or(DEFAULT_TIMEOUT)
         .min(DEFAULT_TIMEOUT * 2);
