@@ -307,10 +307,12 @@ pub fn validate_label_value(v: &str) -> Result<(), String> {
         return Err("must be no more than 63 characters".to_owned());
     }
     if !is_qualified_name_part(v) {
-        return Err("a valid label must be an empty string or consist of alphanumeric \
+        return Err(
+            "a valid label must be an empty string or consist of alphanumeric \
              characters, '-', '_' or '.', and must start and end with an alphanumeric \
              character (e.g. 'MyValue', or 'my_value', or '12345')"
-            .to_owned());
+                .to_owned(),
+        );
     }
     Ok(())
 }
@@ -790,8 +792,10 @@ mod tests {
             2,
             "-bad and Bad_Prefix/x: {got:?}"
         );
-        assert!(!got.iter().any(|(f, _)| f.starts_with("metadata.finalizers[0]")
-            || f.starts_with("metadata.finalizers[1]")));
+        assert!(!got
+            .iter()
+            .any(|(f, _)| f.starts_with("metadata.finalizers[0]")
+                || f.starts_with("metadata.finalizers[1]")));
     }
 
     #[test]
