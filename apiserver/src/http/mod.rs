@@ -15,6 +15,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use tracing::Instrument;
 
 use crate::auth::Auth;
@@ -100,7 +102,18 @@ async fn context(State(state): State<AppState>, mut req: Request, next: Next) ->
         .instrument(span.clone())
         .await
     {
-        Ok(_) => next.run(req).instrument(span.clone()).await,
+        // A handler that panics (a bug) answers 500 with a Status, like any other
+        // error, instead of resetting the client's connection.
+        Ok(_) => match AssertUnwindSafe(next.run(req).instrument(span.clone()))
+            .catch_unwind()
+            .await
+        {
+            Ok(resp) => resp,
+            Err(_) => {
+                span.in_scope(|| tracing::error!("request handler panicked"));
+                ApiError::internal("the server failed to handle the request").into_response()
+            }
+        },
         Err(e) => e.into_response(),
     };
     let code = resp.status().as_u16();

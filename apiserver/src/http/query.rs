@@ -105,7 +105,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Any query string: no panic, and a parse that succeeds round-trips through
         /// form encoding.
         #[test]

@@ -543,7 +543,6 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Any Range header or offset/length: no panic; a span is inside the core.
         #[test]
         fn any_range_is_inside_the_core_or_refused(

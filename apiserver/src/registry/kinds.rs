@@ -387,7 +387,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Any request body: decoding and validation never panic, and what decodes
         /// encodes back to JSON that decodes to the same object.
         #[test]

@@ -931,7 +931,6 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
         /// A continue token from a client: no panic, a 400 for anything we did not write.
         #[test]
         fn any_continue_token_decodes_or_is_a_400(token in ".{0,120}") {

@@ -565,7 +565,6 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
         /// Any selector text: no panic, and an error is a 400.
         #[test]
         fn any_selector_parses_or_is_a_400(s in ".{0,80}") {

@@ -341,7 +341,6 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(512))]
         /// Any text: a byte count or an error, never a panic.
         #[test]
         fn any_text_parses_or_is_refused(s in ".{0,40}") {
