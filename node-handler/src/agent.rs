@@ -335,7 +335,7 @@ enum Step {
     Later(Duration),
     /// The server cannot take anything now: back off.
     Retry(DeliverError),
-    /// The server refused this core for now: back off for it alone.
+    /// This core met a race (409): back off for it alone.
     Refused(String),
 }
 
@@ -475,7 +475,7 @@ impl Deliverer {
                         .saturating_mul(1 << s.refusals.min(16))
                         .min(self.max_backoff);
                     s.next_attempt = now + wait;
-                    warn!(entry = id, error = e, retry_in = ?wait, "the server refused the core; the core stays in the spool");
+                    warn!(entry = id, error = e, retry_in = ?wait, "the server cannot take the core yet; the core stays in the spool");
                 }
             }
             Step::Retry(e) => {
@@ -562,16 +562,13 @@ impl Deliverer {
         let result = deliver::deliver(&self.server, &entry, &core, &attr, &self.node).await;
         let fate = match result {
             Ok(d) => d,
-            Err(DeliverError::Transient(e)) => return Step::Retry(DeliverError::Transient(e)),
-            // The server's node restriction refuses pods it cannot find:
-            // for a deleted pod, waiting will not bring it back.
-            Err(DeliverError::Forbidden(e)) if attr.deleted => {
-                return self.discard(id, DropReason::PodUnknown, &e)
-            }
-            Err(DeliverError::Forbidden(e)) => return Step::Refused(e),
-            Err(DeliverError::Invalid(e)) => return self.discard(id, DropReason::Invalid, &e),
-            Err(DeliverError::Local(e)) => {
-                return self.discard(id, DropReason::EntryUnreadable, &e)
+            Err(e) => {
+                let refusals = self.entries.get(id).map_or(0, |s| s.refusals);
+                return match after_failure(&e, attr.deleted, refusals) {
+                    Failure::PauseAll => Step::Retry(e),
+                    Failure::RetryCore => Step::Refused(e.to_string()),
+                    Failure::Drop(reason) => self.discard(id, reason, &e.to_string()),
+                };
             }
         };
         let container = deliver::container_name(&attr);
@@ -626,6 +623,37 @@ impl Deliverer {
         {
             warn!("recording the CoreDumped event timed out");
         }
+    }
+}
+
+/// How often one core may meet a 409 race before it is given up.
+const MAX_BUSY_RETRIES: u32 = 8;
+
+/// What a failed delivery leads to.
+#[derive(Debug, PartialEq, Eq)]
+enum Failure {
+    /// The server cannot take anything now: pause all delivery.
+    PauseAll,
+    /// Retry this core alone, after its own backoff.
+    RetryCore,
+    /// Never retried: the core is dropped with this reason.
+    Drop(DropReason),
+}
+
+/// Decides from a delivery error, whether the pod is deleted and how often
+/// this core was refused in a row. Pure, so the policy is tested as a
+/// table: only transient trouble and a bounded number of 409 races are
+/// retried; refusals (403) and invalid requests end at once.
+fn after_failure(e: &DeliverError, pod_deleted: bool, refusals: u32) -> Failure {
+    match e {
+        DeliverError::Transient(_) => Failure::PauseAll,
+        DeliverError::Busy(_) if refusals < MAX_BUSY_RETRIES => Failure::RetryCore,
+        DeliverError::Busy(_) => Failure::Drop(DropReason::Conflict),
+        // The server's node restriction refuses pods it cannot find.
+        DeliverError::Forbidden(_) if pod_deleted => Failure::Drop(DropReason::PodUnknown),
+        DeliverError::Forbidden(_) => Failure::Drop(DropReason::Forbidden),
+        DeliverError::Invalid(_) => Failure::Drop(DropReason::Invalid),
+        DeliverError::Local(_) => Failure::Drop(DropReason::EntryUnreadable),
     }
 }
 
@@ -815,6 +843,40 @@ mod tests {
             place(Some(quiet), "u", early, wait),
             Placement::Drop(DropReason::OptedOut, _)
         ));
+    }
+
+    #[test]
+    fn refusals_end_and_only_races_and_outages_are_retried() {
+        let t = || DeliverError::Transient("503".into());
+        let busy = || DeliverError::Busy("409".into());
+        let forbidden = || DeliverError::Forbidden("403".into());
+        assert_eq!(after_failure(&t(), false, 100), Failure::PauseAll);
+        assert_eq!(after_failure(&busy(), false, 0), Failure::RetryCore);
+        assert_eq!(
+            after_failure(&busy(), false, MAX_BUSY_RETRIES - 1),
+            Failure::RetryCore
+        );
+        assert_eq!(
+            after_failure(&busy(), false, MAX_BUSY_RETRIES),
+            Failure::Drop(DropReason::Conflict)
+        );
+        // 403 is final at once: no retry loop.
+        assert_eq!(
+            after_failure(&forbidden(), false, 0),
+            Failure::Drop(DropReason::Forbidden)
+        );
+        assert_eq!(
+            after_failure(&forbidden(), true, 0),
+            Failure::Drop(DropReason::PodUnknown)
+        );
+        assert_eq!(
+            after_failure(&DeliverError::Invalid("422".into()), false, 0),
+            Failure::Drop(DropReason::Invalid)
+        );
+        assert_eq!(
+            after_failure(&DeliverError::Local("gone".into()), false, 0),
+            Failure::Drop(DropReason::EntryUnreadable)
+        );
     }
 
     #[test]

@@ -583,7 +583,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
 
         /// Any text: no panic, and whatever parses as a pod names a valid
         /// UID and a 64-hex container ID found in the path itself.

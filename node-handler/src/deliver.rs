@@ -10,9 +10,25 @@
 //! and the core's checksum, so a retry after a lost response finds its own
 //! object (409 AlreadyExists → GET) and carries on from its phase. The
 //! local copy is deleted by the caller only once the server has it.
+//!
+//! Refusals are answers, not failures:
+//! - An upload asks `Expect: 100-continue` and holds its body until the
+//!   server says 100 (or [`CONTINUE_WAIT`] passes), so a refused core is not
+//!   sent at all.
+//! - A server that answers early anyway (403, 409, 422 before the body is
+//!   in) and closes makes our next write fail while its answer is already
+//!   in the receive buffer. Writes that fail are swallowed below TLS
+//!   ([`TolerantWrite`]), so the answer is read and returned; with no
+//!   answer the read fails and the request is a transient failure.
+//! - What an answer means is decided by the pure [`classify`]: 403 and
+//!   other 4xx answers are final for the core (no retry loop), a 409 race is
+//!   retried for that core only and a bounded number of times (by the
+//!   caller), 401/408/429/5xx pause delivery.
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,7 +36,7 @@ use coredump_openapi::types::{
     validate_coredump, LABEL_CONTAINER, LABEL_NODE, LABEL_POD, MAX_COMMAND_LINE, MAX_EXECUTABLE,
 };
 use coredump_openapi::{Coredump, CoredumpPhase, CoredumpSpec};
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use http::{header, Method, Request, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, Limited, StreamBody};
@@ -31,6 +47,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsConnector;
 
 use crate::escape;
@@ -47,6 +64,9 @@ const MAX_NAMES: u32 = 4;
 /// Slowest upload rate we wait for before calling an upload stuck.
 const MIN_UPLOAD_BYTES_PER_SEC: u64 = 1 << 20;
 const MAX_TOKEN_BYTES: u64 = 64 << 10;
+/// How long an upload waits for `100 Continue` before it sends its body
+/// anyway (a server or proxy that does not answer `Expect`).
+pub const CONTINUE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -71,11 +91,16 @@ pub enum DeliverError {
     /// refused us for now (a token being rotated, RBAC not applied yet).
     #[error("{0}")]
     Transient(String),
-    /// Refused for this core (403): RBAC not applied yet, or the server's
-    /// node restriction (a node identity may only report pods that exist
-    /// and are bound to its node). Retried per core, not for all.
+    /// Refused for this core (403): the server's node restriction (a node
+    /// identity may only report pods that exist and are bound to its node)
+    /// or RBAC. Final: the same request gets the same answer.
     #[error("{0}")]
     Forbidden(String),
+    /// This core cannot be taken right now (409: an earlier attempt's upload
+    /// is still in progress, or a create raced): retried for this core
+    /// alone, a bounded number of times.
+    #[error("{0}")]
+    Busy(String),
     /// Retrying cannot help: the server judged the object or core invalid.
     #[error("{0}")]
     Invalid(String),
@@ -255,9 +280,10 @@ impl ServerClient {
         method: Method,
         path: &str,
         content: Option<(&str, u64, Body)>,
+        go_ahead: Option<tokio::sync::oneshot::Sender<()>>,
         timeout: Duration,
     ) -> Result<Reply, DeliverError> {
-        let fut = self.send_inner(method.clone(), path, content);
+        let fut = self.send_inner(method.clone(), path, content, go_ahead);
         match tokio::time::timeout(timeout, fut).await {
             Ok(r) => r,
             Err(_) => Err(DeliverError::Transient(format!(
@@ -266,11 +292,14 @@ impl ServerClient {
         }
     }
 
+    /// One request on a new connection. With `go_ahead`, it says
+    /// `Expect: 100-continue` and the sender fires on the server's 100.
     async fn send_inner(
         &self,
         method: Method,
         path: &str,
         content: Option<(&str, u64, Body)>,
+        go_ahead: Option<tokio::sync::oneshot::Sender<()>>,
     ) -> Result<Reply, DeliverError> {
         let transient = |what: &str, e: &dyn std::fmt::Display| {
             DeliverError::Transient(format!("{what} {}:{}: {e}", self.host, self.port))
@@ -296,9 +325,24 @@ impl ServerClient {
             }
             None => empty(),
         };
-        let req = req
+        let mut req = req
             .body(body)
             .map_err(|e| DeliverError::Local(format!("building the request: {e}")))?;
+        if let Some(tx) = go_ahead {
+            req.headers_mut().insert(
+                header::EXPECT,
+                http::HeaderValue::from_static("100-continue"),
+            );
+            let tx = std::sync::Mutex::new(Some(tx));
+            hyper::ext::on_informational(&mut req, move |res| {
+                if res.status() == StatusCode::CONTINUE {
+                    let sender = tx.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(sender) = sender {
+                        let _ = sender.send(());
+                    }
+                }
+            });
+        }
 
         let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
             .await
@@ -306,7 +350,7 @@ impl ServerClient {
         let _ = tcp.set_nodelay(true);
         let tls = self
             .tls
-            .connect(self.server_name.clone(), tcp)
+            .connect(self.server_name.clone(), TolerantWrite::new(tcp))
             .await
             .map_err(|e| transient("TLS with", &e))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
@@ -353,7 +397,7 @@ impl ServerClient {
             }
             None => None,
         };
-        self.send(method, path, content, self.timeout).await
+        self.send(method, path, content, None, self.timeout).await
     }
 
     fn coredumps(&self, ns: &str) -> String {
@@ -382,18 +426,95 @@ impl ServerClient {
         let file = tokio::fs::File::open(core)
             .await
             .map_err(|e| DeliverError::Local(format!("opening {}: {e}", core.display())))?;
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        // Nothing of the body goes out before the server's 100 Continue (or
+        // CONTINUE_WAIT): a refusal costs no upload.
+        let gate = futures::stream::once(async move {
+            let _ = tokio::time::timeout(CONTINUE_WAIT, go_rx).await;
+        })
+        .filter_map(|()| std::future::ready(None::<Result<Frame<Bytes>, std::io::Error>>));
         let stream =
             tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map_ok(Frame::data);
-        let body: Body = BodyExt::boxed(StreamBody::new(stream));
+        let body: Body = BodyExt::boxed(StreamBody::new(gate.chain(stream)));
         let path = format!("{}/{name}/upload", self.coredumps(ns));
-        let timeout = self.timeout + Duration::from_secs(len / MIN_UPLOAD_BYTES_PER_SEC);
+        let timeout =
+            self.timeout + CONTINUE_WAIT + Duration::from_secs(len / MIN_UPLOAD_BYTES_PER_SEC);
         self.send(
             Method::PUT,
             &path,
             Some(("application/zstd", len, body)),
+            Some(go_tx),
             timeout,
         )
         .await
+    }
+}
+
+/// The connection's write side, made to outlive a peer that stopped
+/// reading (see the module doc): a failed write is remembered and swallowed,
+/// and so is everything written after it, while reads go on as usual. Sits
+/// below TLS, so the TLS session never sees the failure either.
+struct TolerantWrite<S> {
+    inner: S,
+    failed: Option<std::io::ErrorKind>,
+}
+
+impl<S> TolerantWrite<S> {
+    fn new(inner: S) -> Self {
+        Self {
+            inner,
+            failed: None,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for TolerantWrite<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for TolerantWrite<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        match Pin::new(&mut self.inner).poll_write(cx, buf) {
+            Poll::Ready(Err(e)) => {
+                tracing::debug!(error = %e, "write failed; reading the server's answer anyway");
+                self.failed = Some(e.kind());
+                Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Ready(Err(e)) => {
+                self.failed = Some(e.kind());
+                Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if self.failed.is_some() {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
@@ -518,15 +639,40 @@ pub fn build_coredump(entry: &SpoolEntry, attr: &Attribution, node: &str, name: 
     }
 }
 
-/// Classifies an answer that is not what the step expected.
+/// What an answer the step did not expect means for the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// The server cannot take anything now: pause delivery, retry later.
+    Transient,
+    /// A race on this core (409): retry it alone, a bounded number of times.
+    Busy,
+    /// Refused (403): asking again gets the same answer.
+    Forbidden,
+    /// The request is wrong for the server (other 4xx): final.
+    Invalid,
+}
+
+/// Classifies a status code. Pure: the whole policy is this table.
+pub fn classify(status: StatusCode) -> Class {
+    match status.as_u16() {
+        // A token being rotated, a slow or overloaded server.
+        401 | 408 | 429 => Class::Transient,
+        403 => Class::Forbidden,
+        409 => Class::Busy,
+        400..=499 => Class::Invalid,
+        // 5xx, and anything else a proxy may invent.
+        _ => Class::Transient,
+    }
+}
+
+/// The error for an answer that is not what the step expected.
 fn unexpected(what: &str, r: &Reply) -> DeliverError {
     let msg = format!("{what}: {}", r.message());
-    match r.status.as_u16() {
-        400 | 404 | 413 | 415 | 422 => DeliverError::Invalid(msg),
-        403 => DeliverError::Forbidden(msg),
-        // 401 (a token being rotated), 408, 409 races, 429 and 5xx:
-        // another attempt can succeed.
-        _ => DeliverError::Transient(msg),
+    match classify(r.status) {
+        Class::Transient => DeliverError::Transient(msg),
+        Class::Busy => DeliverError::Busy(msg),
+        Class::Forbidden => DeliverError::Forbidden(msg),
+        Class::Invalid => DeliverError::Invalid(msg),
     }
 }
 
@@ -654,8 +800,9 @@ pub async fn deliver(
                     skipped.push(why);
                     attempt += 1;
                 }
+                // Still Pending: an earlier attempt's upload holds it.
                 Look::Is(Next::Upload) => {
-                    return Err(DeliverError::Transient(format!(
+                    return Err(DeliverError::Busy(format!(
                         "{name}: upload refused while Pending: {}",
                         put.message()
                     )))
@@ -867,6 +1014,209 @@ mod tests {
         assert_eq!(label_value("a.b_c-d").as_deref(), Some("a.b_c-d"));
     }
 
+    /// What the test server does with an upload.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        /// 403 as soon as the head is in, without reading the body.
+        RefuseAtOnce,
+        /// 100 Continue, read 64 KiB of the body, then 403 and close.
+        RefuseMidBody,
+        /// 100 Continue, read the whole body, 200.
+        Accept,
+    }
+
+    /// A tiny TLS server on 127.0.0.1 answering one request per
+    /// connection as `answer` says; returns its address and CA file.
+    async fn refusing_server(
+        dir: &Path,
+        answer: Answer,
+    ) -> (std::net::SocketAddr, PathBuf, tokio::task::JoinHandle<()>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    continue;
+                };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tls.read(&mut byte).await.unwrap_or(0) == 0 {
+                        break;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_lowercase();
+                assert!(head.contains("expect: 100-continue"), "{head}");
+                let status = r#"{"kind":"Status","apiVersion":"v1","status":"Failure","message":"node n1 may not report pods of other nodes","reason":"Forbidden","code":403}"#;
+                let refuse = format!(
+                    "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{status}",
+                    status.len()
+                );
+                match answer {
+                    Answer::RefuseAtOnce => {
+                        // A client that does not wait for 100 Continue has
+                        // sent megabytes of body by now.
+                        let mut early = vec![0u8; 1 << 20];
+                        let sent =
+                            tokio::time::timeout(Duration::from_millis(300), tls.read(&mut early))
+                                .await
+                                .map_or(0, |r| r.unwrap_or(0));
+                        let msg = format!("early body bytes: {sent}");
+                        let status = format!(
+                            r#"{{"kind":"Status","status":"Failure","message":"{msg}","reason":"Forbidden","code":403}}"#
+                        );
+                        let refuse = format!(
+                            "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{status}",
+                            status.len()
+                        );
+                        let _ = tls.write_all(refuse.as_bytes()).await;
+                    }
+                    Answer::RefuseMidBody => {
+                        let _ = tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                        let mut body = vec![0u8; 64 << 10];
+                        let _ = tls.read_exact(&mut body).await;
+                        let _ = tls.write_all(refuse.as_bytes()).await;
+                    }
+                    Answer::Accept => {
+                        let _ = tls.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await;
+                        let len: u64 = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse().ok())
+                            .unwrap_or(0);
+                        let mut sink = tokio::io::sink();
+                        let _ = tokio::io::copy(&mut (&mut tls).take(len), &mut sink).await;
+                        let _ = tls
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                            .await;
+                    }
+                }
+                let _ = tls.shutdown().await;
+                // Dropped with the unread body still queued: the kernel
+                // answers the rest of the upload with a reset.
+            }
+        });
+        (addr, ca_file, task)
+    }
+
+    #[tokio::test]
+    async fn a_refused_upload_is_read_as_the_refusal_not_a_broken_pipe() {
+        let dir = tempfile::tempdir().unwrap();
+        // Far more than socket buffers hold: the writes must fail once the
+        // server has closed.
+        let core = dir.path().join("core.zst");
+        std::fs::write(&core, vec![7u8; 48 << 20]).unwrap();
+        for answer in [Answer::RefuseAtOnce, Answer::RefuseMidBody, Answer::Accept] {
+            let (addr, ca_file, server) = refusing_server(dir.path(), answer).await;
+            let client = ServerClient::new(&ServerOptions {
+                url: format!("https://{addr}"),
+                ca_file,
+                token_file: None,
+                client_cert: None,
+                timeout: Duration::from_secs(20),
+            })
+            .unwrap();
+            let started = std::time::Instant::now();
+            let reply = client
+                .upload("shop", "web-0-abc", &core, 48 << 20)
+                .await
+                .unwrap_or_else(|e| panic!("the server's answer was lost: {e}"));
+            let elapsed = started.elapsed();
+            match answer {
+                Answer::Accept => assert_eq!(reply.status, StatusCode::OK),
+                _ => {
+                    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+                    assert_eq!(reply.status_reason().as_deref(), Some("Forbidden"));
+                    assert!(matches!(
+                        unexpected("uploading the core", &reply),
+                        DeliverError::Forbidden(_)
+                    ));
+                }
+            }
+            if let Answer::RefuseAtOnce = answer {
+                // The client waited for 100 Continue: nothing of the body
+                // went out, and the refusal came without CONTINUE_WAIT.
+                assert!(
+                    reply.message().contains("early body bytes: 0"),
+                    "{}",
+                    reply.message()
+                );
+                assert!(elapsed < CONTINUE_WAIT, "{elapsed:?}");
+            }
+            server.abort();
+        }
+    }
+
+    /// The adapter's own promise, without hyper or TLS: once the peer has
+    /// answered and reset the connection, writes "succeed" (into nothing)
+    /// and the answer is still there to read.
+    #[tokio::test]
+    async fn a_write_after_the_peer_reset_still_lets_the_answer_be_read() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut some = [0u8; 1024];
+            let _ = s.read(&mut some).await;
+            s.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n")
+                .await
+                .unwrap();
+            // Unread data in the receive buffer: close() sends a reset.
+        });
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut conn = TolerantWrite::new(tcp);
+        conn.write_all(&[1u8; 64 << 10]).await.unwrap();
+        server.await.unwrap();
+        // Keep writing until the reset has arrived and a write failed.
+        let chunk = vec![2u8; 1 << 20];
+        for _ in 0..64 {
+            conn.write_all(&chunk).await.unwrap();
+            if conn.failed.is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(conn.failed.is_some(), "the peer never reset the connection");
+        conn.flush().await.unwrap();
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer).await;
+        assert!(
+            answer.starts_with(b"HTTP/1.1 403"),
+            "{:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+
     #[test]
     fn answers_are_classified() {
         let r = |code: u16, body: &str| Reply {
@@ -886,6 +1236,17 @@ mod tests {
                 unexpected("x", &r(code, "")),
                 DeliverError::Transient(_)
             ));
+        }
+        // Final answers, never a blind retry loop; a 409 race is retried
+        // by the caller for that core, a bounded number of times.
+        let class = |c: u16| classify(StatusCode::from_u16(c).unwrap());
+        assert_eq!(class(403), Class::Forbidden);
+        assert_eq!(class(409), Class::Busy);
+        for code in [400, 404, 405, 410, 413, 415, 422] {
+            assert_eq!(class(code), Class::Invalid, "{code}");
+        }
+        for code in [401, 408, 429, 500, 502, 503, 504, 599] {
+            assert_eq!(class(code), Class::Transient, "{code}");
         }
         assert_eq!(
             r(409, r#"{"kind":"Status","reason":"AlreadyExists"}"#)

@@ -123,7 +123,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(256))]
+        // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
 
         #[test]
         fn escape_round_trips(raw in proptest::collection::vec(any::<u8>(), 0..200)) {

@@ -184,6 +184,12 @@ pub enum DropReason {
     QuotaExceeded,
     /// The server refused the Coredump or its core as invalid.
     Invalid,
+    /// The server refused the core (403): its node restriction or RBAC.
+    /// Final; the same request would get the same answer.
+    Forbidden,
+    /// The core kept meeting a 409 race (an upload of it in progress)
+    /// past the agent's bounded retries.
+    Conflict,
     /// The entry's metadata or core file cannot be read.
     EntryUnreadable,
 }
@@ -208,6 +214,8 @@ impl DropReason {
             DropReason::ContainerUnknown => "ContainerUnknown",
             DropReason::QuotaExceeded => "QuotaExceeded",
             DropReason::Invalid => "Invalid",
+            DropReason::Forbidden => "Forbidden",
+            DropReason::Conflict => "Conflict",
             DropReason::EntryUnreadable => "EntryUnreadable",
         }
     }
