@@ -409,11 +409,16 @@ pub struct PodCgroup {
 
 impl PodCgroup {
     pub fn new(pod_uid: &str, container_id: &str) -> Result<Self, Error> {
-        let root = cgroup2_root().ok_or_else(|| Error::Setup("no cgroup v2 hierarchy".into()))?;
         let uid_ = pod_uid.replace('-', "_");
-        let rel = format!(
+        Self::at(&format!(
             "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{uid_}.slice/cri-containerd-{container_id}.scope"
-        );
+        ))
+    }
+
+    /// A cgroup at `rel` below the v2 root, kubelet-shaped or not (e.g. one that only
+    /// looks like a pod's).
+    pub fn at(rel: &str) -> Result<Self, Error> {
+        let root = cgroup2_root().ok_or_else(|| Error::Setup("no cgroup v2 hierarchy".into()))?;
         let mut created = Vec::new();
         let mut p = root;
         for part in rel.split('/') {

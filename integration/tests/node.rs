@@ -426,6 +426,47 @@ fn opted_out_pods_and_namespaces_leave_nothing_and_unknown_pods_are_dropped() {
     stop_and_check_restored(agent, &before);
 }
 
+/// Attribution trusts only the kubelet's own cgroup tree and the pod's status: a process
+/// in a cgroup whose path merely contains a pod's `kubepods/…/pod<uid>/<id>` (here under a
+/// user slice, where delegation lets a user create such names), or in that pod's real
+/// cgroup tree under a container ID its status does not name, is never filed as that
+/// pod's crash.
+#[test]
+fn crashes_in_look_alike_cgroups_are_not_filed_under_the_pod() {
+    let Some(Scene(_serial, before, kubectl, node, ns)) = scene("spoof") else {
+        return;
+    };
+    let pod = FakePod::create(&kubectl, &ns, "victim", &node, json!({})).expect("pod");
+    let agent = Agent::start(env(), AgentOptions::new(&node).arg("--pod-wait=3s")).expect("agent");
+
+    // The pod's own UID and container ID, under a user slice.
+    let spoof = PodCgroup::at(&format!(
+        "user.slice/user-1000.slice/kubepods/burstable/pod{}/{}",
+        pod.uid, pod.container_id
+    ))
+    .expect("cgroup");
+    crash(crasher(), &spoof.procs(), "segv", 1).expect("crash");
+    wait_metric(
+        &agent,
+        "coredump_agent_dropped_total{reason=\"NotAContainer\"}",
+        1.0,
+    );
+    assert!(agent.spooled().is_empty(), "nothing spooled for the pod");
+
+    // The pod's real tree, a container its status never names.
+    let stranger = PodCgroup::new(&pod.uid, &random_container_id().expect("id")).expect("cgroup");
+    crash(crasher(), &stranger.procs(), "segv", 1).expect("crash");
+    wait_metric(
+        &agent,
+        "coredump_agent_dropped_total{reason=\"ContainerUnknown\"}",
+        1.0,
+    );
+    wait_spool_empty(&agent);
+    assert_eq!(coredumps(&ns).expect("list"), Vec::<Value>::new());
+    assert_metric(&agent, "coredump_agent_uploaded_total", 0.0);
+    stop_and_check_restored(agent, &before);
+}
+
 #[test]
 fn cores_wait_in_the_spool_while_the_server_is_down() {
     let Some(Scene(_serial, before, kubectl, node, ns)) = scene("down") else {
