@@ -1042,4 +1042,96 @@ mod tests {
             CaptureConfig::default().rate_limit_count
         );
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::os::unix::ffi::OsStringExt;
+
+        fn os(b: Vec<u8>) -> OsString {
+            OsString::from_vec(b)
+        }
+
+        /// The kernel's argument vector as our pattern makes it: any values
+        /// for the numbers, any bytes for %E and %e.
+        fn kernel_argv() -> impl Strategy<Value = (KernelArgs, Vec<OsString>)> {
+            (
+                (any::<i32>(), any::<i32>(), any::<i32>(), any::<u64>()),
+                (any::<u64>(), any::<u32>(), any::<u32>(), any::<u32>()),
+                proptest::option::of(any::<i32>()),
+                proptest::collection::vec(any::<u8>(), 0..64),
+                proptest::collection::vec(any::<u8>(), 0..16),
+            )
+                .prop_map(|((p, i, s, t), (c, d, u, g), f, exe, comm)| {
+                    let k = KernelArgs {
+                        host_pid: p,
+                        host_tid: i,
+                        signal: s,
+                        time: t,
+                        rlimit_core: c,
+                        dumpable: d,
+                        uid: u,
+                        gid: g,
+                        pidfd: f,
+                        exe_escaped: exe,
+                        comm,
+                    };
+                    let mut argv: Vec<OsString> = [
+                        p.to_string(),
+                        i.to_string(),
+                        s.to_string(),
+                        t.to_string(),
+                        c.to_string(),
+                        d.to_string(),
+                        u.to_string(),
+                        g.to_string(),
+                    ]
+                    .into_iter()
+                    .map(OsString::from)
+                    .collect();
+                    argv.extend(f.map(|f| OsString::from(f.to_string())));
+                    argv.push(os(k.exe_escaped.clone()));
+                    argv.push(os(k.comm.clone()));
+                    (k, argv)
+                })
+        }
+
+        proptest! {
+            // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
+
+            /// What the kernel can give parses back to the same values.
+            #[test]
+            fn kernel_args_round_trip((k, argv) in kernel_argv()) {
+                prop_assert_eq!(KernelArgs::parse(&argv).ok(), Some(k));
+            }
+
+            /// Any argument vector at all: a value or a clear error, never a
+            /// panic, and a value re-parses from what it holds.
+            #[test]
+            fn any_argv_parses_or_errs(argv in proptest::collection::vec(
+                proptest::collection::vec(any::<u8>(), 0..24).prop_map(os), 0..14)
+            ) {
+                match KernelArgs::parse(&argv) {
+                    Ok(k) => {
+                        prop_assert!((10..=11).contains(&argv.len()));
+                        prop_assert_eq!(k.pidfd.is_some(), argv.len() == 11);
+                        prop_assert_eq!(&k.comm, &argv[argv.len() - 1].as_bytes().to_vec());
+                        let info = crash_info(&k, None, &[]);
+                        prop_assert_eq!(
+                            crate::escape::unescape(&info.comm),
+                            Some(k.comm.clone())
+                        );
+                    }
+                    Err(CaptureError::ArgCount(n)) => prop_assert_eq!(n, argv.len()),
+                    Err(CaptureError::BadNumber { index, value, .. }) => {
+                        prop_assert!(index < argv.len() - 2);
+                        prop_assert_eq!(
+                            crate::escape::unescape(&value),
+                            Some(argv[index].as_bytes().to_vec())
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -329,4 +329,71 @@ mod tests {
         assert_eq!(expand("[%p][%h][%C][%F]", &none), "[][][][]");
         assert!(needs_hostname(&["a".into(), "-h%h".into()]));
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+        use std::os::unix::ffi::OsStrExt;
+
+        proptest! {
+            // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
+
+            /// Any core_pattern text: no panic; a pipe's argv is its words,
+            /// anything else non-empty is a file template.
+            #[test]
+            fn any_pattern_parses(p in "\\|?[ -~]{0,100}\n?") {
+                let trimmed = p.trim_end_matches('\n');
+                match Pattern::parse(&p) {
+                    Some(Pattern::Pipe(argv)) => {
+                        prop_assert!(!argv.is_empty());
+                        prop_assert!(argv.iter().all(|a| !a.is_empty() && !a.contains(' ')));
+                        let words: Vec<&str> =
+                            trimmed[1..].split(' ').filter(|w| !w.is_empty()).collect();
+                        prop_assert_eq!(argv, words);
+                    }
+                    Some(Pattern::File(f)) => prop_assert_eq!(f, trimmed),
+                    None => prop_assert!(trimmed.is_empty() || trimmed.trim_start_matches('|').trim().is_empty()),
+                }
+            }
+
+            /// Our own pattern, for any paths build() accepts, is recognised,
+            /// parses back to its words and fits the kernel's limit.
+            #[test]
+            fn built_patterns_round_trip(h in "/[a-z0-9/_.-]{0,60}", sp in "/[a-z0-9/_.-]{0,60}", pidfd in any::<bool>()) {
+                if let Ok(p) = build(Path::new(&h), Path::new(&sp), pidfd) {
+                    prop_assert!(p.len() <= MAX_PATTERN_LEN);
+                    prop_assert!(is_ours(&p));
+                    let Some(Pattern::Pipe(argv)) = Pattern::parse(&p) else {
+                        return Err(TestCaseError::fail("not a pipe"));
+                    };
+                    prop_assert_eq!(&argv[0], &h);
+                    prop_assert_eq!(argv.last().map(String::as_str), Some("%e"));
+                    prop_assert_eq!(argv.contains(&"%F".to_string()), pidfd);
+                }
+            }
+
+            /// Any template, any comm bytes: no panic; text without `%` is
+            /// kept, and `%e` is the comm with `/` as `!`, byte for byte.
+            #[test]
+            fn expansion_is_bytewise(
+                template in "[ -~]{0,40}",
+                comm in proptest::collection::vec(any::<u8>(), 0..16),
+            ) {
+                let v = SpecifierValues { comm: comm.clone(), ..SpecifierValues::default() };
+                let out = expand(&template, &v);
+                if !template.contains('%') {
+                    prop_assert_eq!(out.as_bytes(), template.as_bytes());
+                }
+                let e = expand("%e", &v);
+                let want: Vec<u8> = comm.iter().map(|&b| if b == b'/' { b'!' } else { b }).collect();
+                prop_assert_eq!(e.as_bytes(), &want[..]);
+            }
+
+            #[test]
+            fn kernel_versions_parse(major in 0u32..100, minor in 0u32..1000, rest in "([-.][a-z0-9.-]{0,20})?", junk in "\\PC{0,20}") {
+                let _ = kernel_version(&junk);
+                prop_assert_eq!(kernel_version(&format!("{major}.{minor}{rest}")), Some((major, minor)));
+            }
+        }
+    }
 }

@@ -339,4 +339,72 @@ mod tests {
         assert!(own_vm_hwm().unwrap() > 0);
         assert!(uts_hostname(Path::new("/proc"), me).is_some());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
+
+            /// Any status text: no panic; the fields written by the kernel's
+            /// format are read back.
+            #[test]
+            fn status_round_trips(
+                noise in "[ -~\t\n]{0,200}",
+                uid in any::<u32>(), gid in any::<u32>(),
+                nspid in proptest::collection::vec(1i32..i32::MAX, 1..4),
+                dumping in any::<bool>(),
+            ) {
+                let mut info = ProcInfo::default();
+                parse_status(&noise, &mut info);
+                let ns: Vec<String> = nspid.iter().map(ToString::to_string).collect();
+                let text = format!(
+                    "Name:\tx\nUid:\t{uid}\t{uid}\t{uid}\t{uid}\nGid:\t{gid}\t0\t0\t0\nNSpid:\t{}\nCoreDumping:\t{}\n",
+                    ns.join("\t"),
+                    u8::from(dumping)
+                );
+                let mut info = ProcInfo::default();
+                parse_status(&text, &mut info);
+                prop_assert_eq!(info.uid, Some(uid));
+                prop_assert_eq!(info.gid, Some(gid));
+                prop_assert_eq!(info.ns_pid, nspid.last().copied());
+                prop_assert_eq!(info.core_dumping, dumping);
+            }
+
+            /// Any bytes, any bound: the arguments are the kept prefix,
+            /// split at NULs, and `truncated` says whether bytes were cut.
+            #[test]
+            fn cmdline_is_split_losslessly(raw in proptest::collection::vec(any::<u8>(), 0..300), max in 0usize..400) {
+                let (args, truncated) = split_cmdline(&raw, max);
+                prop_assert_eq!(truncated, raw.len() > max);
+                let kept = &raw[..raw.len().min(max)];
+                let kept = kept.strip_suffix(b"\0").unwrap_or(kept);
+                prop_assert_eq!(args.join(&0u8), kept.to_vec());
+            }
+
+            /// Any stat line: no panic; with a hostile comm (spaces,
+            /// parentheses), field 39 is found after the last `)`.
+            #[test]
+            fn last_cpu_survives_any_comm(comm in "[ -~]{0,16}", cpu in any::<u32>(), junk in "[ -~]{0,120}") {
+                let _ = parse_last_cpu(&junk);
+                let mut stat = format!("42 ({comm}) R");
+                for field in 4..=52 {
+                    if field == 39 {
+                        stat.push_str(&format!(" {cpu}"));
+                    } else {
+                        stat.push_str(" 0");
+                    }
+                }
+                prop_assert_eq!(parse_last_cpu(&stat), Some(cpu));
+            }
+
+            #[test]
+            fn exe_unescapes_bytewise(raw in proptest::collection::vec(any::<u8>(), 0..100)) {
+                let back = unescape_exe(&raw);
+                prop_assert_eq!(back.len(), raw.len());
+                prop_assert!(!back.contains(&b'!'));
+            }
+        }
+    }
 }

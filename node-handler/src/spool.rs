@@ -872,4 +872,98 @@ mod tests {
         assert!(spool.open_core("../../etc/passwd").is_err());
         assert!(spool.list_entries().unwrap().is_empty());
     }
+
+    mod props {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::Value;
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                any::<f64>().prop_map(Value::from),
+                "\\PC{0,12}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 48, 8, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                    proptest::collection::btree_map(
+                        prop_oneof![
+                            Just("hostPid".to_string()),
+                            Just("sha256".to_string()),
+                            Just("cgroups".to_string()),
+                            Just("commandLine".to_string()),
+                            Just("podUid".to_string()),
+                            Just("storedSize".to_string()),
+                            "[a-zA-Z]{1,10}",
+                        ],
+                        inner,
+                        0..8
+                    )
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        proptest! {
+            // proptest's default: 256 cases, or PROPTEST_CASES (see README.md).
+
+            /// A hostile metadata.json (any bytes, or any JSON, or a real
+            /// entry with one field replaced): the reader gives an entry or
+            /// an error, never panics; what it accepts writes back the same.
+            #[test]
+            fn hostile_metadata_is_read_or_refused(
+                bytes in proptest::collection::vec(any::<u8>(), 0..200),
+                value in json_value(),
+                field in "[a-zA-Z]{1,12}",
+                replacement in json_value(),
+            ) {
+                let tmp = tempfile::tempdir().unwrap();
+                let spool = Spool::new(tmp.path());
+                spool.ensure_layout().unwrap();
+                let dir = spool.cores_dir().join("1700000000-1");
+                fs::create_dir(&dir).unwrap();
+                let mut real = serde_json::to_value(SpoolEntry {
+                    format_version: FORMAT_VERSION,
+                    id: "1700000000-1".into(),
+                    crash: crash(),
+                    raw_size: 1,
+                    stored_size: 1,
+                    sha256: "00".repeat(32),
+                    truncated: false,
+                    truncated_by: None,
+                    compression: "zstd".into(),
+                    handler: HandlerStats::default(),
+                }).unwrap();
+                real[&field] = replacement;
+                for data in [bytes, serde_json::to_vec(&value).unwrap(), serde_json::to_vec(&real).unwrap()] {
+                    fs::write(dir.join(METADATA_FILE), &data).unwrap();
+                    match spool.read_entry("1700000000-1") {
+                        Ok(e) => {
+                            let again: SpoolEntry =
+                                serde_json::from_value(serde_json::to_value(&e).unwrap()).unwrap();
+                            prop_assert_eq!(again, e);
+                        }
+                        Err(SpoolError::Json { .. }) => {}
+                        Err(e) => return Err(TestCaseError::fail(format!("not a JSON error: {e}"))),
+                    }
+                    let _ = spool.list_entries().unwrap();
+                }
+            }
+
+            /// Any name in the spool's directories: validated, never a path
+            /// out of the spool, never a panic when sorted.
+            #[test]
+            fn any_id_is_validated(id in "\\PC{0,40}", ids in proptest::collection::vec("[0-9a-z-]{0,20}", 0..8)) {
+                if validate_id(&id).is_ok() {
+                    prop_assert!(!id.contains('/') && !id.starts_with('.') && !id.is_empty());
+                }
+                let mut sorted = ids.clone();
+                sorted.sort_by(|a, b| sort_key(a).cmp(&sort_key(b)));
+                prop_assert_eq!(sorted.len(), ids.len());
+            }
+        }
+    }
 }
