@@ -5,6 +5,7 @@ pub mod admission;
 pub mod auth;
 pub mod blobs;
 pub mod config;
+pub mod crashgroups;
 pub mod error;
 pub mod http;
 pub mod maintenance;
@@ -107,6 +108,7 @@ pub async fn run(
     let kinds: Vec<Arc<dyn registry::Kind>> = vec![
         Arc::new(registry::kinds::CoredumpKind),
         Arc::new(registry::kinds::QuotaKind),
+        Arc::new(registry::kinds::CrashGroupKind),
     ];
     let metrics = Arc::new(metrics::Metrics::new(
         Arc::clone(&store),
@@ -120,10 +122,16 @@ pub async fn run(
         max_rejected: args.max_rejected_per_namespace,
     };
     let uploads = Arc::new(uploads::Uploads::default());
+    let chain = registry::Chain(vec![
+        Arc::new(admission),
+        Arc::new(crashgroups::CrashGroups {
+            metrics: Arc::clone(&metrics),
+        }),
+    ]);
     let registry = Arc::new(registry::Registry::new(
         Arc::clone(&store),
         kinds,
-        Arc::new(admission),
+        Arc::new(chain),
     ));
     let duration = |flag: &'static str, value: &str| {
         coredump_openapi::types::parse_duration(value).map_err(|e| StartError::Flag {

@@ -4,7 +4,8 @@
 //! subresources, Kubernetes verbs, HTTP methods, status codes); whatever a client makes up
 //! is counted as `other`, so no request, authenticated or not, adds a series.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -29,12 +30,18 @@ const VERBS: [&str; 8] = [
 /// Non-resource requests carry the lower-cased HTTP method as their verb.
 const METHODS: [&str; 7] = ["get", "head", "post", "put", "patch", "delete", "options"];
 const SUBRESOURCES: [&str; 3] = ["status", "download", "upload"];
+/// Distinct (namespace, crash group) series kept; crashes of further ones count as
+/// `other`/`other`. Groups are made by crashing programs, so their number is not ours to
+/// bound otherwise.
+pub const MAX_CRASH_SERIES: usize = 1000;
 
 pub struct Metrics {
     registry: Registry,
     requests: IntCounterVec,
     latency: HistogramVec,
     objects: IntGaugeVec,
+    crashes: IntCounterVec,
+    crash_series: Mutex<HashSet<(String, String)>>,
     store: Arc<Store>,
     resources: Vec<&'static str>,
 }
@@ -66,12 +73,23 @@ impl Metrics {
         )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(latency.clone()))?;
+        let crashes = IntCounterVec::new(
+            Opts::new(
+                "coredump_apiserver_crashes_total",
+                "Coredumps created, by namespace and crash group (at most 1000 series; \
+                 the rest as other/other).",
+            ),
+            &["namespace", "group"],
+        )?;
         registry.register(Box::new(objects.clone()))?;
+        registry.register(Box::new(crashes.clone()))?;
         Ok(Self {
             registry,
             requests,
             latency,
             objects,
+            crashes,
+            crash_series: Mutex::new(HashSet::new()),
             store,
             resources,
         })
@@ -108,6 +126,24 @@ impl Metrics {
         self.latency
             .with_label_values(&[verb, resource, subresource])
             .observe(seconds);
+    }
+
+    /// One crash of `group` in `namespace`, within [`MAX_CRASH_SERIES`] series.
+    pub fn observe_crash(&self, namespace: &str, group: &str) {
+        let key = (namespace.to_string(), group.to_string());
+        let known = {
+            let mut seen = self
+                .crash_series
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            seen.contains(&key) || (seen.len() < MAX_CRASH_SERIES && seen.insert(key.clone()))
+        };
+        let (ns, g) = if known {
+            (key.0.as_str(), key.1.as_str())
+        } else {
+            (OTHER, OTHER)
+        };
+        self.crashes.with_label_values(&[ns, g]).inc();
     }
 
     /// The text exposition, with object counts read at scrape time.

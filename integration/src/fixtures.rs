@@ -66,6 +66,23 @@ impl CoredumpBuilder {
         self
     }
 
+    /// Sets `spec.analysis` with a fingerprint made from `bug`, a signature and a cause.
+    pub fn analysis(self, bug: &str, signature: &str, cause: &str) -> Self {
+        self.spec(
+            "analysis",
+            json!({
+                "state": "Complete",
+                "signal": {"number": 11, "name": "SIGSEGV", "code": 1, "codeName": "SEGV_MAPERR", "faultAddress": "0x0"},
+                "cause": cause,
+                "signature": signature,
+                "fingerprint": fingerprint(bug),
+                "crashingThread": {"tid": 42, "frames": [
+                    {"function": signature, "module": "/bin/app", "offset": "0x1139", "inApp": true}
+                ]},
+            }),
+        )
+    }
+
     pub fn build(self) -> Value {
         self.obj
     }
@@ -73,6 +90,11 @@ impl CoredumpBuilder {
     pub fn bytes(self) -> Vec<u8> {
         serde_json::to_vec(&self.obj).unwrap_or_default()
     }
+}
+
+/// A valid `v1:` fingerprint derived from `bug`.
+pub fn fingerprint(bug: &str) -> String {
+    format!("v1:{}", hex::encode(Sha256::digest(bug.as_bytes())))
 }
 
 /// A CoredumpQuota `ns/quota` with `spec.hard`.

@@ -116,7 +116,17 @@ fn create_get_and_delete_like_a_builtin() {
         .collect();
     assert_eq!(
         header,
-        ["NAME", "POD", "CONTAINER", "SIGNAL", "SIZE", "PHASE", "AGE"]
+        [
+            "NAME",
+            "POD",
+            "CONTAINER",
+            "SIGNAL",
+            "SIGNATURE",
+            "CAUSE",
+            "SIZE",
+            "PHASE",
+            "AGE"
+        ]
     );
     assert!(
         table.contains("one")
@@ -140,12 +150,15 @@ fn create_get_and_delete_like_a_builtin() {
             "POD",
             "CONTAINER",
             "SIGNAL",
+            "SIGNATURE",
+            "CAUSE",
             "SIZE",
             "PHASE",
             "AGE",
             "NODE",
             "EXECUTABLE",
-            "IMAGE"
+            "IMAGE",
+            "FINGERPRINT"
         ]
     );
     assert!(wide.contains("node-a") && wide.contains("/bin/app") && wide.contains("example/app:1"));

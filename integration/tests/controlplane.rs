@@ -185,7 +185,11 @@ fn extension_server_is_reached_through_the_aggregator() {
     names.sort();
     assert_eq!(
         names,
-        ["coredumpquotas.coredump.io", "coredumps.coredump.io"]
+        [
+            "coredumpquotas.coredump.io",
+            "coredumps.coredump.io",
+            "crashgroups.coredump.io"
+        ]
     );
 
     // The aggregator proxies to the extension server: its discovery document comes back.

@@ -149,6 +149,7 @@ mod tests {
                 "coredumps/upload",
                 "coredumpquotas",
                 "coredumpquotas/status",
+                "crashgroups",
             ]
         );
         let find = |n: &str| list.resources.iter().find(|r| r.name == n).expect(n);

@@ -16,7 +16,8 @@ pub mod types;
 
 pub use types::{
     Coredump, CoredumpPhase, CoredumpQuota, CoredumpQuotaSpec, CoredumpQuotaStatus, CoredumpSpec,
-    CoredumpStatus, FieldError, KindInfo, SubresourceInfo, COREDUMP, COREDUMP_QUOTA,
+    CoredumpStatus, CrashAnalysis, CrashGroup, FieldError, KindInfo, SubresourceInfo, COREDUMP,
+    COREDUMP_QUOTA, CRASH_GROUP,
 };
 
 /// The API group.

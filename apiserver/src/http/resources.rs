@@ -57,6 +57,12 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
     if info.extra_segments {
         return Err(ApiError::path_not_found());
     }
+    if info.subresource.is_none() && !kind.info().verbs.contains(&info.verb.as_str()) {
+        // E.g. a create or update of a CrashGroup, which only the server writes.
+        return Err(ApiError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        ));
+    }
     let Some(ns) = info.namespace.clone() else {
         // Only lists and watches span namespaces; a name needs its namespace.
         return match (info.verb.as_str(), &info.path_name) {

@@ -8,7 +8,10 @@ use coredump_openapi::types::{
     validate_coredump, validate_coredump_quota, validate_coredump_update, QUOTA_COUNT,
     QUOTA_STORAGE,
 };
-use coredump_openapi::{Coredump, CoredumpQuota, FieldError, KindInfo, COREDUMP, COREDUMP_QUOTA};
+use coredump_openapi::{
+    Coredump, CoredumpQuota, CrashGroup, FieldError, KindInfo, COREDUMP, COREDUMP_QUOTA,
+    CRASH_GROUP,
+};
 
 use super::{str_at, Kind};
 
@@ -151,6 +154,7 @@ impl Kind for CoredumpKind {
             "spec.nodeName",
             "spec.podName",
             "spec.containerName",
+            "spec.analysis.fingerprint",
             "status.phase",
         ]
     }
@@ -160,6 +164,7 @@ impl Kind for CoredumpKind {
             "spec.nodeName" => "/spec/nodeName",
             "spec.podName" => "/spec/podName",
             "spec.containerName" => "/spec/containerName",
+            "spec.analysis.fingerprint" => "/spec/analysis/fingerprint",
             "status.phase" => "/status/phase",
             _ => return None,
         };
@@ -190,6 +195,20 @@ impl Kind for CoredumpKind {
                 "The signal that killed the process.",
                 0
             ),
+            column(
+                "Signature",
+                "string",
+                "",
+                "The crash signature: the top in-app function of the crashing thread.",
+                0
+            ),
+            column(
+                "Cause",
+                "string",
+                "",
+                "The probable cause, e.g. NullPointerDereference or StackOverflow.",
+                0
+            ),
             column("Size", "string", "", "Size of the core file.", 0),
             column(
                 "Phase",
@@ -208,6 +227,13 @@ impl Kind for CoredumpKind {
                 1
             ),
             column("Image", "string", "", "The container's image.", 1),
+            column(
+                "Fingerprint",
+                "string",
+                "",
+                "Crashes of the same bug share it; names the CrashGroup.",
+                1
+            ),
         ])
     }
 
@@ -223,14 +249,22 @@ impl Kind for CoredumpKind {
             json!(s("/spec/podName")),
             json!(s("/spec/containerName")),
             json!(signal),
+            json!(or_none(str_at(obj, "/spec/analysis/signature"))),
+            json!(or_none(str_at(obj, "/spec/analysis/cause"))),
             json!(s("/spec/size")),
             json!(s("/status/phase")),
             json!(age(obj)),
             json!(s("/spec/nodeName")),
             json!(s("/spec/executable")),
             json!(s("/spec/image")),
+            json!(or_none(str_at(obj, "/spec/analysis/fingerprint"))),
         ]
     }
+}
+
+/// A printed cell for an optional field, as kubectl prints absent ones.
+fn or_none(v: Option<String>) -> String {
+    v.unwrap_or_else(|| "<none>".to_string())
 }
 
 pub struct QuotaKind;
@@ -320,6 +354,76 @@ impl Kind for QuotaKind {
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
                 .to_string()),
+        ]
+    }
+}
+
+/// Crash groups: written by the server only (see `crashgroups`), read and deleted by
+/// clients.
+pub struct CrashGroupKind;
+
+impl Kind for CrashGroupKind {
+    fn info(&self) -> &'static KindInfo {
+        &CRASH_GROUP
+    }
+
+    fn decode(&self, v: &Value) -> Result<(Value, Vec<String>), String> {
+        decode_typed::<CrashGroup>(v)
+    }
+
+    fn validate(&self, _obj: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn validate_update(&self, _old: &Value, _new: &Value) -> Vec<FieldError> {
+        Vec::new()
+    }
+
+    fn prepare_create(&self, _obj: &mut Value) {}
+
+    fn selectable_fields(&self) -> &'static [&'static str] {
+        &["spec.fingerprint"]
+    }
+
+    fn field(&self, obj: &Value, field: &str) -> Option<String> {
+        match field {
+            "spec.fingerprint" => str_at(obj, "/spec/fingerprint"),
+            _ => None,
+        }
+    }
+
+    fn columns(&self) -> Value {
+        json!([
+            name_column(),
+            column("Signature", "string", "", "The crash signature.", 0),
+            column("Cause", "string", "", "The probable cause.", 0),
+            column("Count", "integer", "", "Crashes counted.", 0),
+            column("Last Seen", "string", "", "Time since the latest crash.", 0),
+            age_column(),
+            column("Executable", "string", "", "The crashed executable.", 1),
+            column("Latest", "string", "", "The latest Coredump.", 1),
+            column("Fingerprint", "string", "", "The group's fingerprint.", 1),
+        ])
+    }
+
+    fn cells(&self, obj: &Value) -> Vec<Value> {
+        let last_seen = str_at(obj, "/status/lastSeen")
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+            .map(|t| human_duration(jiff::Timestamp::now().as_second() - t.as_second()))
+            .unwrap_or_else(|| "<unknown>".into());
+        vec![
+            json!(str_at(obj, "/metadata/name").unwrap_or_default()),
+            json!(or_none(str_at(obj, "/spec/signature"))),
+            json!(or_none(str_at(obj, "/spec/cause"))),
+            json!(obj
+                .pointer("/status/count")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)),
+            json!(last_seen),
+            json!(age(obj)),
+            json!(or_none(str_at(obj, "/spec/executable"))),
+            json!(or_none(str_at(obj, "/status/latest"))),
+            json!(str_at(obj, "/spec/fingerprint").unwrap_or_default()),
         ]
     }
 }

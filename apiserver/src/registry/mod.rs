@@ -87,6 +87,48 @@ pub trait Admission: Send + Sync {
 pub struct NoAdmission;
 impl Admission for NoAdmission {}
 
+/// Admission members run in order in the same transaction; the first error ends it (and
+/// nothing of it is written). Each member decides itself which kinds it handles.
+pub struct Chain(pub Vec<Arc<dyn Admission>>);
+
+impl Admission for Chain {
+    fn create(
+        &self,
+        tx: &mut Tx<'_>,
+        kind: &dyn Kind,
+        obj: &mut Value,
+        ctx: &Ctx,
+    ) -> Result<(), ApiError> {
+        self.0.iter().try_for_each(|a| a.create(tx, kind, obj, ctx))
+    }
+    fn update(
+        &self,
+        tx: &mut Tx<'_>,
+        kind: &dyn Kind,
+        old: &Value,
+        new: &mut Value,
+        ctx: &Ctx,
+    ) -> Result<(), ApiError> {
+        self.0
+            .iter()
+            .try_for_each(|a| a.update(tx, kind, old, new, ctx))
+    }
+    fn delete(
+        &self,
+        tx: &mut Tx<'_>,
+        kind: &dyn Kind,
+        obj: &Value,
+        ctx: &Ctx,
+    ) -> Result<(), ApiError> {
+        self.0.iter().try_for_each(|a| a.delete(tx, kind, obj, ctx))
+    }
+    fn committed(&self, events: &[Arc<Event>]) {
+        for a in &self.0 {
+            a.committed(events);
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FieldValidation {
     Ignore,

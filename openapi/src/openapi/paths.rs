@@ -438,6 +438,13 @@ fn kind_paths(info: &KindInfo) -> Vec<PathItem> {
         },
     ];
 
+    // Only the operations the kind supports (CrashGroups are read-only to clients).
+    for item in &mut items {
+        item.operations
+            .retain(|op| info.verbs.contains(&verb_of(op.action)));
+    }
+    items.retain(|item| !item.operations.is_empty());
+
     for sub in info.subresources {
         let path = format!("{item}/{}", sub.name);
         let params = vec![name(info), namespace(), pretty()];
@@ -506,6 +513,15 @@ fn kind_paths(info: &KindInfo) -> Vec<PathItem> {
         }
     }
     items
+}
+
+/// The Kubernetes verb of an operation's `x-kubernetes-action`.
+fn verb_of(action: &str) -> &str {
+    match action {
+        "post" => "create",
+        "put" => "update",
+        other => other,
+    }
 }
 
 /// `GET /apis/coredump.io/v1alpha1/`: the APIResourceList.

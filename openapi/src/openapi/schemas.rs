@@ -35,6 +35,7 @@ pub(crate) fn definitions(dialect: Dialect) -> Map<String, Value> {
     // The kinds, then what the operations refer to; referenced types come along.
     generator.subschema_for::<Coredump>();
     generator.subschema_for::<CoredumpQuota>();
+    generator.subschema_for::<crate::types::CrashGroup>();
     generator.subschema_for::<ListMeta>();
     generator.subschema_for::<Status>();
     generator.subschema_for::<DeleteOptions>();

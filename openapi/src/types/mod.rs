@@ -9,6 +9,13 @@ mod duration;
 mod quantity;
 mod validation;
 
+pub mod analysis;
+
+pub use analysis::{
+    crash_group_name, is_fingerprint, AnalysisState, CrashAnalysis, CrashCause, CrashGroup,
+    CrashGroupSpec, CrashGroupStatus, CrashOccurrence, CrashSignal, MappedModule, StackFrame,
+    ThreadSummary, ThreadTrace, CRASH_GROUP,
+};
 pub use duration::{parse_duration, DurationError};
 pub use quantity::{bytes_quantity, format_bytes, parse_bytes, quantity_bytes, QuantityError};
 pub use validation::{
@@ -157,7 +164,7 @@ pub const COREDUMP_QUOTA: KindInfo = KindInfo {
 };
 
 /// All kinds of the group, in the order discovery lists them.
-pub const KINDS: [&KindInfo; 2] = [&COREDUMP, &COREDUMP_QUOTA];
+pub const KINDS: [&KindInfo; 3] = [&COREDUMP, &COREDUMP_QUOTA, &CRASH_GROUP];
 
 /// The kind whose plural resource name is `plural`.
 pub fn kind_by_plural(plural: &str) -> Option<&'static KindInfo> {
@@ -288,6 +295,12 @@ pub struct CoredumpSpec {
     /// little use to a debugger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<bool>,
+
+    /// Why it crashed and where, read on the node before upload: signal details, probable
+    /// cause, the crashing thread's frames, the other threads, the mapped modules, the
+    /// crash signature and the fingerprint that groups it (see CrashGroup). At most 64 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<CrashAnalysis>,
 }
 
 /// Where a core file stands. Pending: the Coredump exists and the core file is being uploaded.

@@ -509,6 +509,9 @@ pub fn validate_coredump(coredump: &Coredump) -> Vec<FieldError> {
 
     validate_bytes("spec.size", &spec.size, &mut errors);
     validate_bytes("spec.storedSize", &spec.stored_size, &mut errors);
+    if let Some(analysis) = &spec.analysis {
+        super::analysis::validate_analysis(analysis, &mut errors);
+    }
 
     if require("spec.sha256", &spec.sha256, &mut errors) && !is_sha256_hex(&spec.sha256) {
         errors.push(FieldError::invalid(
