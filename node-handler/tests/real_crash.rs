@@ -925,3 +925,114 @@ fn kubelet_shaped_cgroup_outside_the_kubelet_root_is_not_a_pod() {
         assert_eq!(d.crash.container_id, None);
     }
 }
+
+/// PID reuse, with real processes: the kernel's pidfd (fd 3) names a crasher
+/// that is gone, and `%P` now belongs to another process, which sits in a
+/// pod's cgroup. The handler must not file that "crash" under the pod
+/// (`ProcUnverified`). Without a pidfd, a live process that is not being
+/// dumped (no `CoreDumping: 1`) is refused the same way. A pidfd of the very
+/// process is the control: stored. Runs `capture` directly (as the kernel
+/// would, stdin = the core, fd 3 = the pidfd), not through core_pattern.
+#[test]
+fn a_reused_pid_is_not_filed_under_the_pod_it_now_names() {
+    if !can_run("a_reused_pid_is_not_filed_under_the_pod_it_now_names") {
+        return;
+    }
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    let cg = systemd_pod_cgroup(CONTAINER_ID);
+    /// Ends the process when dropped, also on a failed assertion, so its
+    /// cgroup can be removed.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    // Declared after `cg`, so dropped (and reaped) before it.
+    let squatter = Killed(Command::new("sleep").arg("60").spawn().expect("sleep"));
+    let squatter = &squatter.0;
+    fs::write(cg.procs(), squatter.id().to_string()).expect("join the pod cgroup");
+    let pidfd_of = |pid: u32| -> OwnedFd {
+        // SAFETY: pidfd_open with no flags returns a new fd or -1.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, pid as i32, 0) };
+        assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+        // SAFETY: the fd was just returned to us and nothing else owns it.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    };
+    let mut gone = Command::new("true").spawn().expect("true");
+    let dead_pidfd = pidfd_of(gone.id());
+    gone.wait().expect("reap");
+    let live_pidfd = pidfd_of(squatter.id());
+
+    let core = env.dir.path().join("fake.core");
+    fs::write(&core, b"\x7fELF not really a core").expect("core");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let pid = squatter.id().to_string();
+    let run = |time: u64, pidfd: Option<&OwnedFd>| {
+        let mut cmd = Command::new(&env.handler);
+        cmd.arg("capture")
+            .arg(format!("-s{}", env.spool.root().display()))
+            .arg("--")
+            .args([
+                &pid,
+                &pid,
+                "11",
+                &time.to_string(),
+                "18446744073709551615",
+                "1",
+                "0",
+                "0",
+            ]);
+        if pidfd.is_some() {
+            cmd.arg("3");
+        }
+        cmd.args(["!bin!sleep", "sleep"])
+            .stdin(fs::File::open(&core).expect("open"));
+        if let Some(fd) = pidfd {
+            let raw = fd.as_raw_fd();
+            // SAFETY: only dup2 (async-signal-safe) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if nix::libc::dup2(raw, 3) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let st = cmd.status().expect("run capture");
+        assert!(st.success(), "capture: {st:?}");
+    };
+    let outcome = |time: u64| {
+        let id = format!("{time}-{pid}");
+        let entry = env.spool.read_entry(&id).ok();
+        let drop = env.spool.read_drop(&id).ok();
+        (entry, drop)
+    };
+
+    run(now, Some(&dead_pidfd));
+    let (entry, drop) = outcome(now);
+    assert!(entry.is_none(), "filed under the pod: {entry:?}");
+    let d = drop.expect("a drop record");
+    assert_eq!(d.reason, DropReason::ProcUnverified, "{d:?}");
+
+    run(now + 1, None);
+    let (entry, drop) = outcome(now + 1);
+    assert!(entry.is_none(), "filed under the pod: {entry:?}");
+    assert_eq!(
+        drop.expect("a drop record").reason,
+        DropReason::ProcUnverified
+    );
+
+    run(now + 2, Some(&live_pidfd));
+    let (entry, _) = outcome(now + 2);
+    let e = entry.expect("the control is stored");
+    assert!(e.crash.proc_verified);
+    assert_eq!(e.crash.pod_uid.as_deref(), Some(POD_UID));
+}
