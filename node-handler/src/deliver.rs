@@ -634,6 +634,7 @@ pub fn build_coredump(entry: &SpoolEntry, attr: &Attribution, node: &str, name: 
             stored_size: Quantity(entry.stored_size.to_string()),
             sha256: entry.sha256.clone(),
             truncated: entry.truncated.then_some(true),
+            analysis: None,
         },
         status: None,
     }
