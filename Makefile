@@ -6,16 +6,18 @@ DEV := target/debug/coredump-dev
 
 .PHONY: up down test fmt-check lint unit-and-integration controlplane build bench demo openapi
 
-## Build the control plane (cached outside the repo) and the workspace's binaries.
+## Build the control plane (cached outside the repo) and the workspace's binaries; with
+## REAL_NODE=1 also the node's (kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS).
 controlplane:
-	@bash integration/controlplane/build.sh >/dev/null
+	@bash integration/controlplane/build.sh $(if $(filter-out 0,$(REAL_NODE)),--node) >/dev/null
 
 build:
 	$(CARGO) build --workspace --bins
 
-## A local control plane with the add-on running in the background.
+## A local control plane with the add-on running in the background; REAL_NODE=1: a real
+## node (kubelet, containerd, CNI) with the add-on installed from deploy/overlays/local.
 up: controlplane build
-	$(DEV) up
+	$(DEV) up $(if $(filter-out 0,$(REAL_NODE)),--real-node)
 
 ## One real crash in pod demo/crasher, seen through to a Stored Coredump (needs `make up`).
 demo: build

@@ -1,6 +1,13 @@
 //! etcd + kube-apiserver (+ kube-controller-manager) on loopback, configured for what the
 //! add-on relies on: RBAC, client-certificate and token users, service-account tokens
 //! (also bound to pods), and the aggregation layer with its front-proxy CA.
+//!
+//! With [`Options::node`] it is the control plane of a real node ([`crate::realnode`]):
+//! kube-apiserver listens on the node's address instead of loopback (pods reach it through
+//! the `kubernetes` Service, whose endpoint it maintains), authorizes with Node and RBAC,
+//! admits with NodeRestriction, reaches the kubelet with a client certificate and routes
+//! aggregated APIs to endpoint (pod) IPs; kube-controller-manager runs every controller;
+//! and the kubelet gets its own kubeconfig (`system:node:<name>`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -50,7 +57,23 @@ pub struct Options {
     /// throw-away store, faster); on for the benchmarks, whose baseline would otherwise
     /// skip the fsync our server does on every write.
     pub etcd_fsync: bool,
+    /// The control plane of a real node (see the module docs); `None`: loopback only.
+    pub node: Option<NodeApi>,
 }
+
+/// What a real node needs from its control plane.
+#[derive(Clone, Debug)]
+pub struct NodeApi {
+    /// kube-apiserver's bind and advertise address, reachable from the node's pods.
+    pub address: std::net::Ipv4Addr,
+    /// The Node's name: the kubelet's kubeconfig authenticates `system:node:<name>`.
+    pub node_name: String,
+}
+
+/// ClusterIP of the `kubernetes` Service (first address of the service range).
+pub const KUBERNETES_SERVICE_IP: &str = "10.96.0.1";
+/// The service range.
+pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 impl Default for Options {
     fn default() -> Self {
@@ -59,6 +82,7 @@ impl Default for Options {
             controller_manager: true,
             lifetime: Lifetime::Scoped,
             etcd_fsync: false,
+            node: None,
         }
     }
 }
@@ -78,6 +102,8 @@ pub struct Endpoints {
     pub front_proxy_other: PairFiles,
     pub front_proxy_client: PairFiles,
     pub sa_key: PathBuf,
+    /// With [`Options::node`]: the kubelet's kubeconfig.
+    pub kubelet_kubeconfig: Option<PathBuf>,
 }
 
 pub struct ControlPlane {
@@ -100,23 +126,28 @@ impl ControlPlane {
         let etcd_port = free_port()?;
         let peer_port = free_port()?;
         let api_port = free_port()?;
-        let server = format!("https://127.0.0.1:{api_port}");
+        let api_ip = opts
+            .node
+            .as_ref()
+            .map_or_else(|| "127.0.0.1".to_string(), |n| n.address.to_string());
+        let server = format!("https://{api_ip}:{api_port}");
 
         let ca = Ca::new("kubernetes-ca")?;
         let ca_cert = ca.write_cert(&pki_dir.join("ca.crt"))?;
+        let mut sans = vec![
+            "127.0.0.1",
+            "localhost",
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc.cluster.local",
+        ];
+        if opts.node.is_some() {
+            sans.push(&api_ip);
+            sans.push(KUBERNETES_SERVICE_IP);
+        }
         let serving = ca
-            .issue(
-                "kube-apiserver",
-                None,
-                &[
-                    "127.0.0.1",
-                    "localhost",
-                    "kubernetes",
-                    "kubernetes.default",
-                    "kubernetes.default.svc",
-                ],
-                Usage::Server,
-            )?
+            .issue("kube-apiserver", None, &sans, Usage::Server)?
             .write(&pki_dir, "apiserver")?;
         let admin = ca
             .issue(
@@ -148,6 +179,33 @@ impl ControlPlane {
 
         let kubeconfig = dir.join("kubeconfig");
         write_kubeconfig(&kubeconfig, &server, &ca_cert, &admin)?;
+        let mut kubelet_kubeconfig = None;
+        let mut kubelet_client = None;
+        if let Some(node) = &opts.node {
+            // The kubelet as NodeRestriction and the Node authorizer know it.
+            let kubelet = ca
+                .issue(
+                    &format!("system:node:{}", node.node_name),
+                    Some("system:nodes"),
+                    &[],
+                    Usage::Client,
+                )?
+                .write(&pki_dir, "kubelet")?;
+            let path = dir.join("kubelet.kubeconfig");
+            write_single_user_kubeconfig(&path, &server, &ca_cert, &kubelet)?;
+            kubelet_kubeconfig = Some(path);
+            // kube-apiserver to the kubelet (logs, exec): authorized by the kubelet's
+            // webhook as a cluster admin.
+            kubelet_client = Some(
+                ca.issue(
+                    "kube-apiserver-kubelet-client",
+                    Some("system:masters"),
+                    &[],
+                    Usage::Client,
+                )?
+                .write(&pki_dir, "apiserver-kubelet-client")?,
+            );
+        }
 
         let mut procs = Vec::new();
         let mut etcd = Command::new(bin_dir.join("etcd"));
@@ -175,18 +233,17 @@ impl ControlPlane {
         let mut api = Command::new(bin_dir.join("kube-apiserver"));
         api.args([
             format!("--etcd-servers=http://127.0.0.1:{etcd_port}"),
-            "--bind-address=127.0.0.1".to_string(),
-            "--advertise-address=127.0.0.1".to_string(),
+            format!("--bind-address={api_ip}"),
+            format!("--advertise-address={api_ip}"),
             format!("--secure-port={api_port}"),
             format!("--tls-cert-file={}", serving.cert.display()),
             format!("--tls-private-key-file={}", serving.key.display()),
             format!("--client-ca-file={}", ca_cert.display()),
             format!("--token-auth-file={}", tokens.display()),
-            "--authorization-mode=RBAC".to_string(),
             format!("--service-account-issuer={SA_ISSUER}"),
             format!("--service-account-key-file={}", sa_pub.display()),
             format!("--service-account-signing-key-file={}", sa_key.display()),
-            "--service-cluster-ip-range=10.96.0.0/16".to_string(),
+            format!("--service-cluster-ip-range={SERVICE_CIDR}"),
             // The aggregation layer, as kubeadm configures it.
             format!(
                 "--requestheader-client-ca-file={}",
@@ -205,13 +262,33 @@ impl ControlPlane {
                 "--proxy-client-key-file={}",
                 front_proxy_client.key.display()
             ),
-            // Loopback is not a valid Endpoints address; nothing here needs the endpoints.
-            "--endpoint-reconciler-type=none".to_string(),
             format!("--request-timeout={}s", opts.request_timeout.as_secs()),
             "--allow-privileged=true".to_string(),
             "--profiling=false".to_string(),
             "--v=1".to_string(),
         ]);
+        match (&opts.node, &kubelet_client) {
+            (Some(_), Some(kc)) => {
+                api.args([
+                    "--authorization-mode=Node,RBAC".to_string(),
+                    "--enable-admission-plugins=NodeRestriction".to_string(),
+                    format!("--kubelet-client-certificate={}", kc.cert.display()),
+                    format!("--kubelet-client-key={}", kc.key.display()),
+                    "--kubelet-preferred-address-types=InternalIP".to_string(),
+                    // The aggregator dials the APIService's endpoint (the server pod's IP)
+                    // rather than its ClusterIP.
+                    "--enable-aggregator-routing=true".to_string(),
+                ]);
+            }
+            _ => {
+                api.args([
+                    "--authorization-mode=RBAC",
+                    // Loopback is not a valid Endpoints address; nothing here needs the
+                    // endpoints.
+                    "--endpoint-reconciler-type=none",
+                ]);
+            }
+        }
         procs.push(Proc::spawn("kube-apiserver", api, dir, opts.lifetime)?);
 
         let endpoints = Endpoints {
@@ -224,6 +301,7 @@ impl ControlPlane {
             front_proxy_other,
             front_proxy_client,
             sa_key,
+            kubelet_kubeconfig,
         };
         let kubectl = Kubectl::new(&endpoints);
         wait_for(
@@ -241,12 +319,19 @@ impl ControlPlane {
 
         if opts.controller_manager {
             let mut kcm = Command::new(bin_dir.join("kube-controller-manager"));
+            let controllers = if opts.node.is_some() {
+                "*"
+            } else {
+                "namespace,serviceaccount,garbagecollector,root-ca-cert-publisher,clusterrole-aggregation"
+            };
             kcm.args([
                 format!("--kubeconfig={}", endpoints.kubeconfig.display()),
-                "--controllers=namespace,serviceaccount,garbagecollector,root-ca-cert-publisher,clusterrole-aggregation"
-                    .to_string(),
+                format!("--controllers={controllers}"),
                 format!("--root-ca-file={}", endpoints.ca_cert.display()),
-                format!("--service-account-private-key-file={}", endpoints.sa_key.display()),
+                format!(
+                    "--service-account-private-key-file={}",
+                    endpoints.sa_key.display()
+                ),
                 "--leader-elect=false".to_string(),
                 "--secure-port=0".to_string(),
                 "--v=1".to_string(),
@@ -295,6 +380,31 @@ fn check_alive(procs: &mut [Proc]) -> Result<(), Error> {
         }
     }
     Ok(())
+}
+
+/// A kubeconfig with one client-certificate user (e.g. the kubelet's).
+fn write_single_user_kubeconfig(
+    path: &Path,
+    server: &str,
+    ca: &Path,
+    user: &PairFiles,
+) -> Result<(), Error> {
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{
+            "name": "local",
+            "cluster": {"server": server, "certificate-authority": ca}
+        }],
+        "users": [{"name": "user", "user": {
+            "client-certificate": user.cert,
+            "client-key": user.key,
+        }}],
+        "contexts": [{"name": "user", "context": {"cluster": "local", "user": "user"}}],
+        "current-context": "user",
+    });
+    let text = serde_json::to_string_pretty(&config).map_err(Error::Json)?;
+    pki::write(path, &text)
 }
 
 /// Admin kubeconfig with a context per token user. JSON is valid kubeconfig YAML.

@@ -14,6 +14,7 @@ pub mod fixtures;
 pub mod kubectl;
 pub mod pki;
 pub mod process;
+pub mod realnode;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

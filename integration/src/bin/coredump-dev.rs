@@ -15,6 +15,7 @@ use coredump_integration::demo;
 use coredump_integration::extension::{self, ExtensionServer};
 use coredump_integration::kubectl::Kubectl;
 use coredump_integration::process::{stop_group, wait_for, Lifetime};
+use coredump_integration::realnode::{self, RealNode};
 use serde_json::json;
 
 /// The agent's handler and spool paths go into core_pattern (at most 127 characters):
@@ -46,7 +47,18 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Starts everything in the background and returns once it is ready.
-    Up,
+    Up {
+        /// A real node instead (kubelet, containerd, CNI, kube-proxy, CoreDNS) with the
+        /// add-on installed from deploy/overlays/local as an admin would (`make up
+        /// REAL_NODE=1`; root).
+        #[arg(long, env = "REAL_NODE", value_parser = flag, num_args = 0..=1,
+              default_value = "0", default_missing_value = "1")]
+        real_node: bool,
+        /// With --real-node: image archives already built (build.sh and test-images.sh
+        /// --archive) instead of building them.
+        #[arg(long)]
+        images: Option<PathBuf>,
+    },
     /// Stops everything `up` started (the agent first: it restores core_pattern).
     Down,
     /// Crashes a real program in pod demo/crasher and waits for its Stored Coredump.
@@ -55,6 +67,11 @@ enum Cmd {
         #[arg(long, default_value = "60s", value_parser = seconds)]
         timeout: Duration,
     },
+}
+
+/// `REAL_NODE=1` / `--real-node`: empty, 0 and false are off.
+fn flag(s: &str) -> Result<bool, String> {
+    Ok(!matches!(s.trim(), "" | "0" | "false" | "no"))
 }
 
 fn seconds(s: &str) -> Result<Duration, String> {
@@ -68,7 +85,11 @@ fn seconds(s: &str) -> Result<Duration, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Up => up(&cli.dir),
+        Cmd::Up {
+            real_node: true,
+            images,
+        } => up_real_node(&cli.dir, images),
+        Cmd::Up { .. } => up(&cli.dir),
         Cmd::Down => down(&cli.dir),
         Cmd::Demo { timeout } => run_demo(&cli.dir, timeout),
     }
@@ -272,8 +293,177 @@ fn start_agent(state: &Path, ep: &Endpoints, server: &ExtensionServer) -> anyhow
     Ok(node)
 }
 
+/// `make up REAL_NODE=1`: a real node with the add-on from deploy/overlays/local, left
+/// running; its state in `<dir>/node` (kubeconfig copied to `<dir>/kubeconfig`).
+fn up_real_node(dir: &Path, images: Option<PathBuf>) -> anyhow::Result<()> {
+    let state = dir.join("state");
+    if has_pids(&state) {
+        bail!(
+            "{} holds a running environment: `make down` first",
+            state.display()
+        );
+    }
+    let start = std::time::Instant::now();
+    let _ = std::fs::remove_dir_all(&state);
+    std::fs::create_dir_all(&state)?;
+    let images = match images {
+        Some(d) => d,
+        None => {
+            let d = std::path::absolute(dir.join("images"))?;
+            println!("building the images into {} …", d.display());
+            realnode::build_images(&d).context("build the images")?;
+            d
+        }
+    };
+    let archives: Vec<PathBuf> = std::fs::read_dir(&images)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "tar"))
+        .collect();
+    let built = start.elapsed();
+    let node = RealNode::start(realnode::Options {
+        lifetime: Lifetime::Detached,
+        dir: Some(std::path::absolute(state.join("node"))?),
+        images: archives,
+    })
+    .context("real node")?;
+    let ready = start.elapsed();
+    if let Err(e) = node.install_addon() {
+        let mut node = node;
+        node.teardown();
+        return Err(e).context("install the add-on");
+    }
+    let ep = node.endpoints()?.clone();
+    node.detach();
+    // The node's name and where the crasher's binary (with symbols) is, for `make demo`.
+    std::fs::write(
+        state.join("real-node"),
+        format!(
+            "{}\n{}\n",
+            realnode::NODE_NAME,
+            images.join("bin").display()
+        ),
+    )?;
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::copy(&ep.kubeconfig, &kubeconfig).context("copy kubeconfig")?;
+    let local_bin = dir.join("bin");
+    std::fs::create_dir_all(&local_bin)?;
+    let kubectl = local_bin.join("kubectl");
+    let _ = std::fs::remove_file(&kubectl);
+    std::os::unix::fs::symlink(ep.bin_dir.join("kubectl"), &kubectl).context("link kubectl")?;
+    println!(
+        "A real node ({node}) runs with the add-on installed from deploy/overlays/local (images {b:.0} s, node Ready {r:.0} s, installed {i:.0} s; logs in {state}).\n\n\
+         export KUBECONFIG={kc} PATH={bin}:$PATH\n\
+         kubectl get nodes -o wide\n\
+         kubectl -n coredump-system get pods -o wide\n\
+         kubectl get coredumps -A\n\n\
+         `make demo` crashes a real container there. Stop it all with: make down",
+        node = realnode::NODE_NAME,
+        b = built.as_secs_f64(),
+        r = ready.as_secs_f64(),
+        i = start.elapsed().as_secs_f64(),
+        state = state.display(),
+        kc = shell_path(&kubeconfig),
+        bin = shell_path(&local_bin),
+    );
+    Ok(())
+}
+
+/// `make demo` on a real node: `kubectl run` of the local crasher image in namespace demo,
+/// then its Stored Coredump, Event and download.
+fn run_real_demo(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let bin = std::path::absolute(dir.join("bin"))?;
+    let kubectl = Kubectl {
+        bin: bin.join("kubectl"),
+        kubeconfig: std::path::absolute(dir.join("kubeconfig"))?,
+        base_args: Vec::new(),
+    };
+    let ns = demo::NAMESPACE;
+    kubectl.apply(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))?;
+    let pod = format!(
+        "crasher-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default()
+    );
+    kubectl
+        .ok(&[
+            "run",
+            &pod,
+            "-n",
+            ns,
+            "--image",
+            realnode::CRASHER_IMAGE,
+            "--image-pull-policy=Never",
+            "--restart=Never",
+            "--",
+            "segv",
+        ])
+        .context("kubectl run")?;
+    let start = std::time::Instant::now();
+    let cd = wait_for("the Coredump to be Stored", timeout, || {
+        let out = kubectl.ok(&["get", "coredumps", "-n", ns, "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)
+            .map_err(|e| coredump_integration::Error::Setup(format!("coredumps json: {e}")))?;
+        Ok(v["items"].as_array().and_then(|items| {
+            items
+                .iter()
+                .find(|cd| {
+                    cd["spec"]["podName"] == pod.as_str() && cd["status"]["phase"] == "Stored"
+                })
+                .cloned()
+        }))
+    })?;
+    let name = cd["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let spec = &cd["spec"];
+    let raw = kubectl.run(&[
+        "get",
+        "--raw",
+        &format!("/apis/coredump.io/v1alpha1/namespaces/{ns}/coredumps/{name}/download"),
+    ])?;
+    use sha2::Digest as _;
+    let sha = hex::encode(sha2::Sha256::digest(&raw.stdout));
+    if sha != spec["sha256"].as_str().unwrap_or_default() {
+        bail!(
+            "downloaded core has sha256 {sha}, the spec says {}",
+            spec["sha256"]
+        );
+    }
+    let crasher = std::fs::read_to_string(dir.join("state/real-node"))
+        .ok()
+        .and_then(|s| s.lines().nth(1).map(|l| Path::new(l).join("crasher")))
+        .unwrap_or_else(|| dir.join("images/bin/crasher"));
+    println!(
+        "kubectl run {pod} ({img}) crashed: coredump {ns}/{name} Stored {secs:.1} s after the pod was created (pod {p}, container {c}, signal {sig}, {size} bytes, sha256 {sha}).\n\n\
+         export KUBECONFIG={kc} PATH={bin}:$PATH\n\
+         kubectl get coredumps -n {ns}\n\
+         kubectl get coredump {name} -n {ns} -o yaml\n\
+         kubectl get events -n {ns} --field-selector reason=CoreDumped\n\
+         kubectl get --raw /apis/coredump.io/v1alpha1/namespaces/{ns}/coredumps/{name}/download > {name}.core\n\
+         gdb -batch -ex bt {crasher} {name}.core\n\n\
+         Run `make demo` again for another crash.",
+        img = realnode::CRASHER_IMAGE,
+        secs = start.elapsed().as_secs_f64(),
+        p = spec["podName"],
+        c = spec["containerName"],
+        sig = spec["signalName"],
+        size = raw.stdout.len(),
+        kc = kubectl.kubeconfig.display(),
+        bin = bin.display(),
+        crasher = crasher.display(),
+    );
+    Ok(())
+}
+
 fn run_demo(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
     let state = dir.join("state");
+    if state.join("real-node").exists() {
+        return run_real_demo(dir, timeout);
+    }
     let node = std::fs::read_to_string(state.join("node-name"))
         .map(|n| n.trim().to_string())
         .map_err(|_| {
@@ -342,6 +532,12 @@ fn alive(pid: u32) -> bool {
 
 fn down(dir: &Path) -> anyhow::Result<()> {
     let state = dir.join("state");
+    if realnode::read_state().is_some_and(|s| s.detached) {
+        println!("stopping the real node (pods first) and undoing its changes");
+        realnode::down().context("real node down")?;
+        let _ = std::fs::remove_file(state.join("real-node"));
+        let _ = std::fs::remove_dir_all(state.join("node"));
+    }
     // Dependents first: the agent (it restores core_pattern), the add-on, then
     // kube-apiserver, then etcd.
     let order = [

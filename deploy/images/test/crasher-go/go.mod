@@ -1,0 +1,3 @@
+module coredump-detector/test-crasher-go
+
+go 1.22
