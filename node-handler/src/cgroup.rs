@@ -211,11 +211,11 @@ fn finish_systemd(qos: QosClass, uid_: &str, scope: &str) -> Option<PodCgroup> {
     let pod_uid = pod_uid(&uid_.replace('_', "-"))?;
     let (runtime, container_id) = container_component(scope.strip_suffix(".scope")?)?;
     // The runtime's prefix is what makes a scope a container's.
-    runtime.as_ref()?;
+    let runtime = runtime?;
     Some(PodCgroup {
         pod_uid,
         container_id,
-        runtime,
+        runtime: Some(runtime),
         qos,
         driver: Driver::Systemd,
     })

@@ -18,7 +18,7 @@
 //! - A server that answers early anyway (403, 409, 422 before the body is
 //!   in) and closes makes our next write fail while its answer is already
 //!   in the receive buffer. Writes that fail are swallowed below TLS
-//!   ([`TolerantWrite`]), so the answer is read and returned; with no
+//!   (`TolerantWrite`), so the answer is read and returned; with no
 //!   answer the read fails and the request is a transient failure.
 //! - What an answer means is decided by the pure [`classify`]: 403 and
 //!   other 4xx answers are final for the core (no retry loop), a 409 race is
