@@ -7,6 +7,7 @@ pub mod blobs;
 pub mod config;
 pub mod crashgroups;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;
@@ -122,10 +123,14 @@ pub async fn run(
         max_rejected: args.max_rejected_per_namespace,
     };
     let uploads = Arc::new(uploads::Uploads::default());
+    let event_sink = events::EventSink::spawn(client.clone());
     let chain = registry::Chain(vec![
         Arc::new(admission),
         Arc::new(crashgroups::CrashGroups {
             metrics: Arc::clone(&metrics),
+        }),
+        Arc::new(events::CoredumpEvents {
+            sink: Arc::clone(&event_sink),
         }),
     ]);
     let registry = Arc::new(registry::Registry::new(
@@ -143,6 +148,7 @@ pub async fn run(
         registry: Arc::clone(&registry),
         blobs: Arc::clone(&blobs),
         uploads: Arc::clone(&uploads),
+        events: event_sink,
         pending_timeout: duration("--pending-timeout", &args.pending_timeout)?,
     }
     .spawn(

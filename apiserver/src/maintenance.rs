@@ -26,6 +26,7 @@ pub struct Maintenance {
     pub registry: Arc<Registry>,
     pub blobs: Arc<dyn BlobStore>,
     pub uploads: Arc<Uploads>,
+    pub events: Arc<crate::events::EventSink>,
     pub pending_timeout: Duration,
 }
 
@@ -172,7 +173,17 @@ impl Maintenance {
                         )
                         .await
                     {
-                        Ok(_) => {}
+                        Ok(_) => self.events.record(crate::events::Note {
+                            namespace: key.namespace.clone(),
+                            name: key.name.clone(),
+                            uid: str_at(obj, "/metadata/uid").unwrap_or_default(),
+                            warning: false,
+                            reason: "DeletedByRetention",
+                            message: format!(
+                                "older than the maxAge of CoredumpQuota {}",
+                                qkey.name
+                            ),
+                        }),
                         Err(e) if e.code == 404 => {}
                         Err(e) => return Err(e),
                     }

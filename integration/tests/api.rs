@@ -124,6 +124,7 @@ fn create_get_and_delete_like_a_builtin() {
             "SIGNATURE",
             "CAUSE",
             "SIZE",
+            "STORED",
             "PHASE",
             "AGE"
         ]
@@ -153,6 +154,7 @@ fn create_get_and_delete_like_a_builtin() {
             "SIGNATURE",
             "CAUSE",
             "SIZE",
+            "STORED",
             "PHASE",
             "AGE",
             "NODE",

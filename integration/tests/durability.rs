@@ -422,6 +422,22 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
             .map(|r| r.status == 404)
             .unwrap_or(false)
     });
+    // Both steps are in the coredump's history, as `kubectl describe` lists it.
+    eventually("the Failed and DeletedByRetention events", || {
+        let reasons = env()
+            .kubectl()
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                &ns,
+                "--field-selector=involvedObject.name=never,involvedObject.kind=Coredump",
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ])
+            .unwrap_or_default();
+        reasons.contains("Failed") && reasons.contains("DeletedByRetention")
+    });
 }
 
 #[test]

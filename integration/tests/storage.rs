@@ -176,6 +176,20 @@ fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
             .any(|l| l.starts_with("second") && l.contains("Rejected")),
         "{cds}"
     );
+    // Sizes for people (SIZE, STORED), and the refusal in the core's history.
+    assert!(
+        cds.lines()
+            .any(|l| l.starts_with("first") && l.contains(" 2Mi ") && l.contains(" 600Ki ")),
+        "{cds}"
+    );
+    let history = eventually_reasons(&ns, "second", "Rejected");
+    let described = k
+        .ok(&["describe", "coredump", "second", "-n", &ns])
+        .expect("describe");
+    assert!(
+        described.contains("Rejected") && described.contains("quota"),
+        "{history:?}\n{described}"
+    );
     // A rejected core is never accepted.
     let r = upload(&c, &ns, "second", b"x");
     assert_eq!(r.status, 409, "{}", r.text());
@@ -568,4 +582,35 @@ fn evict_oldest_makes_room_instead_of_rejecting() {
         1,
         "the evicted core's file is gone"
     );
+    eventually_reasons(&ns, "old", "Evicted");
+    eventually_reasons(&ns, "mid", "Stored");
+}
+
+/// The reasons of the Events about coredump `name`, once they include `want`.
+fn eventually_reasons(ns: &str, name: &str, want: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let reasons = env()
+            .kubectl()
+            .ok(&[
+                "get",
+                "events",
+                "-n",
+                ns,
+                &format!(
+                    "--field-selector=involvedObject.name={name},involvedObject.kind=Coredump"
+                ),
+                "-o",
+                "jsonpath={.items[*].reason}",
+            ])
+            .unwrap_or_default();
+        if reasons.split_whitespace().any(|r| r == want) {
+            return reasons;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {want} event for {ns}/{name}: {reasons:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

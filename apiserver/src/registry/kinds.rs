@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use coredump_openapi::types::{
-    validate_coredump, validate_coredump_quota, validate_coredump_update, QUOTA_COUNT,
-    QUOTA_STORAGE,
+    human_bytes, parse_bytes, validate_coredump, validate_coredump_quota, validate_coredump_update,
+    QUOTA_COUNT, QUOTA_STORAGE,
 };
 use coredump_openapi::{
     Coredump, CoredumpQuota, CrashGroup, FieldError, KindInfo, COREDUMP, COREDUMP_QUOTA,
@@ -211,6 +211,13 @@ impl Kind for CoredumpKind {
             ),
             column("Size", "string", "", "Size of the core file.", 0),
             column(
+                "Stored",
+                "string",
+                "",
+                "Bytes the core takes in storage, compressed.",
+                0
+            ),
+            column(
                 "Phase",
                 "string",
                 "",
@@ -251,7 +258,8 @@ impl Kind for CoredumpKind {
             json!(signal),
             json!(or_none(str_at(obj, "/spec/analysis/signature"))),
             json!(or_none(str_at(obj, "/spec/analysis/cause"))),
-            json!(s("/spec/size")),
+            json!(human(str_at(obj, "/spec/size"))),
+            json!(human(str_at(obj, "/spec/storedSize"))),
             json!(s("/status/phase")),
             json!(age(obj)),
             json!(s("/spec/nodeName")),
@@ -259,6 +267,14 @@ impl Kind for CoredumpKind {
             json!(s("/spec/image")),
             json!(or_none(str_at(obj, "/spec/analysis/fingerprint"))),
         ]
+    }
+}
+
+/// A byte quantity for a table: `16.4Mi`; what does not parse is shown as it is.
+fn human(q: Option<String>) -> String {
+    match q {
+        Some(q) => parse_bytes(&q).map(human_bytes).unwrap_or(q),
+        None => "<none>".to_string(),
     }
 }
 
@@ -341,7 +357,12 @@ impl Kind for QuotaKind {
         let used_hard = |key: &str| {
             let used = str_at(obj, &format!("/status/used/{key}")).unwrap_or_else(|| "0".into());
             let hard = str_at(obj, &format!("/spec/hard/{key}")).unwrap_or_else(|| "-".into());
-            format!("{used}/{hard}")
+            if key == QUOTA_STORAGE {
+                let h = |q: String| parse_bytes(&q).map(human_bytes).unwrap_or(q);
+                format!("{}/{}", h(used), h(hard))
+            } else {
+                format!("{used}/{hard}")
+            }
         };
         vec![
             json!(str_at(obj, "/metadata/name").unwrap_or_default()),

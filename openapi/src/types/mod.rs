@@ -17,7 +17,9 @@ pub use analysis::{
     ThreadSummary, ThreadTrace, CRASH_GROUP,
 };
 pub use duration::{parse_duration, DurationError};
-pub use quantity::{bytes_quantity, format_bytes, parse_bytes, quantity_bytes, QuantityError};
+pub use quantity::{
+    bytes_quantity, format_bytes, human_bytes, parse_bytes, quantity_bytes, QuantityError,
+};
 pub use validation::{
     validate_coredump, validate_coredump_quota, validate_coredump_update, validate_name,
     validate_namespace_name, FieldError, MAX_EXECUTABLE, MAX_MESSAGE, MAX_REASON,

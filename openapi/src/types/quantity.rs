@@ -192,6 +192,30 @@ pub fn format_bytes(bytes: u64) -> String {
     }
 }
 
+/// A byte count for people, as `kubectl top` and `df -h` print one: `512`, `16.4Mi`,
+/// `8.1Gi`, `123Mi` (one decimal below 100, none above; binary units). Lossy: for tables,
+/// never for values that are read back.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["Ki", "Mi", "Gi", "Ti", "Pi", "Ei"];
+    if bytes < 1024 {
+        return bytes.to_string();
+    }
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    let suffix = UNITS[unit.saturating_sub(1)];
+    let text = if value >= 99.95 {
+        format!("{value:.0}")
+    } else {
+        format!("{value:.1}")
+    };
+    let text = text.strip_suffix(".0").unwrap_or(&text);
+    format!("{text}{suffix}")
+}
+
 /// [`format_bytes`] as a [`Quantity`].
 pub fn bytes_quantity(bytes: u64) -> Quantity {
     Quantity(format_bytes(bytes))
@@ -335,6 +359,22 @@ mod tests {
             i64::MAX as u64,
         ] {
             assert_eq!(parse_bytes(&format_bytes(bytes)), Ok(bytes));
+        }
+    }
+
+    #[test]
+    fn human_sizes() {
+        for (n, want) in [
+            (0u64, "0"),
+            (1023, "1023"),
+            (1024, "1Ki"),
+            (17_196_646, "16.4Mi"),
+            (8_493_466, "8.1Mi"),
+            (123 << 20, "123Mi"),
+            (3 << 30, "3Gi"),
+            (u64::MAX, "16Ei"),
+        ] {
+            assert_eq!(human_bytes(n), want, "{n}");
         }
     }
 
