@@ -115,7 +115,7 @@ impl EventSink {
         let (tx, mut rx) = mpsc::channel::<Note>(QUEUE);
         let instance = std::env::var("POD_NAME")
             .ok()
-            .or_else(|| nix_hostname())
+            .or_else(hostname)
             .unwrap_or_else(|| "coredump-apiserver".into());
         let recorder = Recorder::new(
             client,
@@ -160,7 +160,7 @@ impl EventSink {
     }
 }
 
-fn nix_hostname() -> Option<String> {
+fn hostname() -> Option<String> {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
