@@ -5,8 +5,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use coredump_openapi::types::{
-    human_bytes, parse_bytes, validate_coredump, validate_coredump_quota, validate_coredump_update,
-    QUOTA_COUNT, QUOTA_STORAGE,
+    human_bytes, human_duration, parse_bytes, validate_coredump, validate_coredump_quota,
+    validate_coredump_update, QUOTA_COUNT, QUOTA_STORAGE,
 };
 use coredump_openapi::{
     Coredump, CoredumpQuota, CrashGroup, FieldError, KindInfo, COREDUMP, COREDUMP_QUOTA,
@@ -74,53 +74,6 @@ fn age(obj: &Value) -> String {
     };
     let secs = jiff::Timestamp::now().as_second() - created.as_second();
     human_duration(secs)
-}
-
-/// Kubernetes' short age format (`5s`, `3m20s`, `4h`, `2d3h`, `1y`).
-pub fn human_duration(secs: i64) -> String {
-    if secs < -1 {
-        return "<invalid>".into();
-    }
-    let s = secs.max(0);
-    let m = s / 60;
-    let h = m / 60;
-    let d = h / 24;
-    let y = d / 365;
-    if s < 120 {
-        format!("{s}s")
-    } else if m < 10 {
-        if s % 60 == 0 {
-            format!("{m}m")
-        } else {
-            format!("{m}m{}s", s % 60)
-        }
-    } else if m < 180 {
-        format!("{m}m")
-    } else if h < 8 {
-        if m % 60 == 0 {
-            format!("{h}h")
-        } else {
-            format!("{h}h{}m", m % 60)
-        }
-    } else if h < 48 {
-        format!("{h}h")
-    } else if h < 24 * 8 {
-        if h % 24 == 0 {
-            format!("{d}d")
-        } else {
-            format!("{d}d{}h", h % 24)
-        }
-    } else if d < 365 * 2 {
-        format!("{d}d")
-    } else if d < 365 * 8 {
-        if d % 365 == 0 {
-            format!("{y}y")
-        } else {
-            format!("{y}y{}d", d % 365)
-        }
-    } else {
-        format!("{y}y")
-    }
 }
 
 pub struct CoredumpKind;

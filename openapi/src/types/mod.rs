@@ -16,7 +16,7 @@ pub use analysis::{
     CrashGroupSpec, CrashGroupStatus, CrashOccurrence, CrashSignal, MappedModule, StackFrame,
     ThreadSummary, ThreadTrace, CRASH_GROUP,
 };
-pub use duration::{parse_duration, DurationError};
+pub use duration::{human_duration, parse_duration, DurationError};
 pub use quantity::{
     bytes_quantity, format_bytes, human_bytes, parse_bytes, quantity_bytes, QuantityError,
 };
