@@ -2,6 +2,8 @@
 //! DaemonSet). Both share the spool format in [`spool`].
 
 pub mod agent;
+pub mod analysis;
+pub mod buildid;
 pub mod capture;
 pub mod cgroup;
 pub mod config;
@@ -10,6 +12,7 @@ pub mod escape;
 pub mod events;
 pub mod install;
 pub mod limits;
+pub mod logtail;
 pub mod metrics;
 pub mod pattern;
 pub mod pods;
