@@ -30,6 +30,46 @@ impl Core {
     }
 }
 
+/// A large core streamed into `dir/core.zst` without holding it in memory: zero pages
+/// with 1 MiB of pseudo-random bytes every 64 MiB. Returns the file, the raw size and
+/// the raw sha256.
+pub fn big_core(dir: &std::path::Path, size: u64) -> (std::path::PathBuf, u64, String) {
+    use std::io::Write;
+    let path = dir.join("core.zst");
+    let mut hasher = Sha256::new();
+    let Ok(file) = std::fs::File::create(&path) else {
+        return (path, 0, String::new());
+    };
+    let Ok(mut enc) = zstd::stream::write::Encoder::new(file, 1) else {
+        return (path, 0, String::new());
+    };
+    let zeros = vec![0u8; 1 << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for mib in 0..(size >> 20) {
+        let chunk: Vec<u8> = if mib % 64 == 0 {
+            (0..1 << 20)
+                .map(|_| {
+                    // xorshift: reproducible noise without a dependency.
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state >> 24) as u8
+                })
+                .collect()
+        } else {
+            zeros.clone()
+        };
+        hasher.update(&chunk);
+        if enc.write_all(&chunk).is_err() {
+            return (path, 0, String::new());
+        }
+    }
+    if enc.finish().is_err() {
+        return (path, 0, String::new());
+    }
+    (path, size, hex::encode(hasher.finalize()))
+}
+
 /// A Coredump body; change fields with [`CoredumpBuilder`]'s methods.
 pub struct CoredumpBuilder {
     obj: Value,

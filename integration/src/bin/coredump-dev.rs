@@ -138,10 +138,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(&ep.kubeconfig, &kubeconfig).context("copy kubeconfig")?;
     let local_bin = dir.join("bin");
-    std::fs::create_dir_all(&local_bin)?;
-    let kubectl = local_bin.join("kubectl");
-    let _ = std::fs::remove_file(&kubectl);
-    std::os::unix::fs::symlink(bin_dir.join("kubectl"), &kubectl).context("link kubectl")?;
+    link_tools(&local_bin, &bin_dir.join("kubectl"))?;
 
     let users: Vec<String> = USERS
         .iter()
@@ -347,10 +344,7 @@ fn up_real_node(dir: &Path, images: Option<PathBuf>) -> anyhow::Result<()> {
     let kubeconfig = dir.join("kubeconfig");
     std::fs::copy(&ep.kubeconfig, &kubeconfig).context("copy kubeconfig")?;
     let local_bin = dir.join("bin");
-    std::fs::create_dir_all(&local_bin)?;
-    let kubectl = local_bin.join("kubectl");
-    let _ = std::fs::remove_file(&kubectl);
-    std::os::unix::fs::symlink(ep.bin_dir.join("kubectl"), &kubectl).context("link kubectl")?;
+    link_tools(&local_bin, &ep.bin_dir.join("kubectl"))?;
     println!(
         "A real node ({node}) runs with the add-on installed from deploy/overlays/local (images {b:.0} s, node Ready {r:.0} s, installed {i:.0} s; logs in {state}).\n\n\
          export KUBECONFIG={kc} PATH={bin}:$PATH\n\
@@ -569,6 +563,24 @@ fn down(dir: &Path) -> anyhow::Result<()> {
     if let Ok(target) = std::fs::read_link(&link) {
         let _ = std::fs::remove_dir_all(target);
         let _ = std::fs::remove_file(link);
+    }
+    Ok(())
+}
+
+/// `.local/bin`: kubectl, and the kubectl coredump plugin beside it, so that the README's
+/// `PATH=$PWD/.local/bin:$PATH` gives both (kubectl finds plugins on PATH).
+fn link_tools(local_bin: &Path, kubectl: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(local_bin)?;
+    for (name, target) in [
+        ("kubectl", kubectl.to_path_buf()),
+        (
+            "kubectl-coredump",
+            workspace_bin("kubectl-coredump").context("kubectl-coredump")?,
+        ),
+    ] {
+        let link = local_bin.join(name);
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).with_context(|| format!("link {name}"))?;
     }
     Ok(())
 }
