@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/.cargo/bin
 DEV := target/debug/coredump-dev
 
-.PHONY: up down test fmt-check lint unit-and-integration controlplane build bench demo openapi
+.PHONY: up down test fmt-check lint msrv doc unit-and-integration controlplane build bench demo openapi
 
 ## Build the control plane (cached outside the repo) and the workspace's binaries; with
 ## REAL_NODE=1 also the node's (kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS).
@@ -27,14 +27,21 @@ demo: build
 down:
 	@if [ -x $(DEV) ]; then $(DEV) down; else echo "nothing to stop"; fi
 
-## fmt check, clippy (warnings are errors), unit and integration tests.
-test: fmt-check lint controlplane build unit-and-integration
+## fmt check, clippy (warnings are errors; the workspace lints), the declared MSRV
+## against the dependencies', rustdoc (warnings are errors), unit and integration tests.
+test: fmt-check lint msrv doc controlplane build unit-and-integration
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
 lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+msrv:
+	python3 .ci/msrv.py
+
+doc:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p coredump-openapi -p coredump-apiserver -p kubectl-coredump -p coredump-integration
 
 unit-and-integration:
 	$(CARGO) test --workspace

@@ -1,6 +1,8 @@
 //! The coredump.io extension API server: serves `coredumps` and `coredumpquotas` to
 //! kube-apiserver's aggregator and to direct clients.
 
+#![forbid(unsafe_code)]
+
 pub mod admission;
 pub mod auth;
 pub mod blobs;

@@ -1,3 +1,4 @@
+#![forbid(unsafe_code)]
 use anyhow::Context;
 use clap::Parser;
 use coredump_apiserver::config::{Args, LogFormat};

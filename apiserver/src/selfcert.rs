@@ -190,7 +190,7 @@ pub struct SelfCertArgs {
     )]
     pub self_signed_secret: String,
 
-    /// Service the aggregator dials; the certificate is for <service>.<namespace>.svc.
+    /// Service the aggregator dials; the certificate is for `<service>.<namespace>.svc`.
     #[arg(
         long,
         env = "COREDUMP_SELF_SIGNED_SERVICE",

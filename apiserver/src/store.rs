@@ -2,7 +2,7 @@
 //! changed together in one transaction per write.
 //!
 //! - `objects`: `<resource>\0<namespace>\0<name>` → object JSON. A namespace lists by prefix.
-//! - `log`: revision (big-endian u64) → [`LogRecord`]: the change and the object before it.
+//! - `log`: revision (big-endian u64) → `LogRecord`: the change and the object before it.
 //!   Watches replay it, and any list at an older revision is the current state with the
 //!   newer changes undone, which gives consistent `continue` pages and `resourceVersion=N`
 //!   lists for as long as the log reaches back (older: 410 Expired).

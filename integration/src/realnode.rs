@@ -106,7 +106,7 @@ pub struct MachineState {
     pub ip_forward: String,
     pub core_pattern: String,
     pub core_pipe_limit: String,
-    /// Of [`MACHINE_PATHS`] and the cgroup hierarchies' `kubepods`, those that did not exist.
+    /// Of `MACHINE_PATHS` and the cgroup hierarchies' `kubepods`, those that did not exist.
     pub created: Vec<PathBuf>,
     /// nftables tables (`family name`) that existed: the kubelet's iptables-nft chains
     /// (KUBE-FIREWALL, canaries) create `ip filter` and friends, removed if new.

@@ -5,6 +5,8 @@
 //! and the one place errors become kubectl's wording), [`render`] (tables and pages,
 //! pure), [`download`] (pieces, resume, verification), [`commands`].
 
+#![forbid(unsafe_code)]
+
 pub mod cli;
 pub mod client;
 pub mod commands;

@@ -1,5 +1,7 @@
 //! `kubectl-coredump`: found by kubectl on PATH as `kubectl coredump`.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 use kubectl_coredump::{cli::Cli, client, commands};

@@ -10,6 +10,9 @@
 //! Everything a client or server needs to agree on lives here, so that the node handler, the
 //! extension API server and the tests cannot drift apart.
 
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
 pub mod discovery;
 pub mod openapi;
 pub mod types;

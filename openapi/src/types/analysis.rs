@@ -35,6 +35,8 @@ pub const FINGERPRINT_PREFIX: &str = "v1:";
 /// How far the analysis got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[schemars(inline)]
+// Variants are named, not documented: see the note inside.
+#[allow(missing_docs)]
 pub enum AnalysisState {
     // No doc comments on the variants: schemars would describe a oneOf of constants.
     Complete,
@@ -45,6 +47,8 @@ pub enum AnalysisState {
 /// The probable cause, where the signal, fault address and frames tell it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[schemars(inline)]
+// Variants are named, not documented: see the note inside.
+#[allow(missing_docs)]
 pub enum CrashCause {
     NullPointerDereference,
     StackOverflow,

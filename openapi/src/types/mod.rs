@@ -311,6 +311,8 @@ pub struct CoredumpSpec {
 /// see message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[schemars(inline)]
+// Variants are named, not documented: see the note inside.
+#[allow(missing_docs)]
 pub enum CoredumpPhase {
     // No doc comments on the variants: with them schemars would describe the enum as a oneOf
     // of constants instead of a string enum, whose values kubectl explain lists.
