@@ -53,6 +53,8 @@ for spec in "${images[@]}"; do
   bah copy --chmod 0755 "$ctr" "$bin/$exe" "/$exe" >/dev/null
   bah config --entrypoint "[\"/$exe\"]" --cmd '[]' \
     --label "org.opencontainers.image.source=coredump-detector" "$ctr"
+  # The Go runtime dumps core (SIGABRT) on a fatal panic only with GOTRACEBACK=crash.
+  [ "$name" = test-crasher-go ] && bah config --env GOTRACEBACK=crash "$ctr"
   previous="$(bah images --noheading --format '{{.ID}}' "$ref" 2>/dev/null | head -1 || true)"
   bah commit --quiet "$ctr" "$ref" >/dev/null
   bah rm "$ctr" >/dev/null

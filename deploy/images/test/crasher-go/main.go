@@ -1,6 +1,6 @@
 // Test workload: a Go program that dereferences nil in a function with a known name.
-// GOTRACEBACK=crash (set here, before anything runs) makes the runtime end the process
-// with SIGABRT and a core dump instead of exit status 2. Built by
+// GOTRACEBACK=crash (the image's environment) makes the runtime end the process with
+// SIGABRT and a core dump instead of exit status 2. Built by
 // deploy/images/test-images.sh into the image coredump-detector/test-crasher-go.
 package main
 
