@@ -10,6 +10,7 @@ pub mod config;
 pub mod crashgroups;
 pub mod error;
 pub mod events;
+pub mod groupcommit;
 pub mod http;
 pub mod maintenance;
 pub mod metrics;

@@ -9,14 +9,15 @@
 //! - `meta`: `rv` (last revision) and `compacted` (revisions up to it are gone from the log).
 //!
 //! Writers are serialized by one lock (a write is a short in-memory transaction), so
-//! revisions are assigned in commit order; each write is flushed to disk before it is
-//! acknowledged, and its event is published to watchers (live or replaying the log) only
-//! once it is on disk, in revision order: a watcher never sees a change that a crash
-//! could take back.
+//! revisions are assigned in commit order; each write is on disk before it is
+//! acknowledged (group commit: one flusher covers every write committed before its flush
+//! began, see [`crate::groupcommit`]), and its event is published to watchers (live or
+//! replaying the log) only once it is on disk, in revision order: a watcher never sees a
+//! change that a crash could take back.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,8 @@ use serde_json::Value;
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::broadcast;
+
+use crate::groupcommit::{Durability, Flusher};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -196,11 +199,10 @@ pub struct Store {
     /// while it waits for the log to be stable; a transaction queued for the write lock
     /// then blocks the log writers' read locks).
     flush_gate: Arc<RwLock<()>>,
-    events: broadcast::Sender<Arc<Event>>,
-    /// Committed events not yet known to be on disk, in revision order.
-    unpublished: Mutex<VecDeque<Arc<Event>>>,
-    /// Every revision up to this one is on disk (and its event published).
-    durable_rv: AtomicU64,
+    /// The durable revision and the events waiting for it.
+    durability: Arc<Durability>,
+    /// Makes committed writes durable, many per flush.
+    _flusher: Flusher,
     /// How many log records to keep; older revisions answer 410 Expired.
     log_keep: usize,
     /// Records in the log (sled's `len` walks the tree, so it is counted here).
@@ -226,16 +228,18 @@ impl Store {
         let meta = db.open_tree("meta")?;
         // What sled recovered is on disk.
         let durable_rv = read_u64(&meta, META_RV)?;
+        let flush_gate = Arc::new(RwLock::new(()));
+        let durability = Durability::new(durable_rv, events);
+        let flusher = Flusher::start(db.clone(), Arc::clone(&flush_gate), Arc::clone(&durability))?;
         Ok(Self {
             objects: db.open_tree("objects")?,
             meta,
             log,
             db,
             write_lock: Mutex::new(()),
-            flush_gate: Arc::new(RwLock::new(())),
-            events,
-            unpublished: Mutex::new(VecDeque::new()),
-            durable_rv: AtomicU64::new(durable_rv),
+            flush_gate,
+            durability,
+            _flusher: flusher,
             log_keep: log_keep.max(1),
             log_len: AtomicUsize::new(log_len),
         })
@@ -248,7 +252,12 @@ impl Store {
 
     /// Revisions up to this one are on disk; watchers see changes up to here.
     pub fn durable_rv(&self) -> u64 {
-        self.durable_rv.load(Ordering::Acquire)
+        self.durability.durable_rv()
+    }
+
+    /// Flushes done so far: fewer than writes when group commit batches them.
+    pub fn flushes(&self) -> u64 {
+        self.durability.flushes()
     }
 
     /// Revisions at or below this are no longer in the log.
@@ -257,7 +266,7 @@ impl Store {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.events.subscribe()
+        self.durability.subscribe()
     }
 
     /// The object as of the last durable revision: a change still being flushed is not
@@ -425,10 +434,7 @@ impl Store {
             };
             let value = f(&mut tx)?;
             let events = self.commit(tx.writes)?;
-            self.unpublished
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend(events.iter().cloned());
+            self.durability.committed(&events);
             let len = self.log_len.fetch_add(events.len(), Ordering::Relaxed) + events.len();
             // Trim in steps of a tenth, so most writes pay nothing for it.
             if len > self.log_keep + self.log_keep / 10 {
@@ -436,37 +442,11 @@ impl Store {
             }
             (value, events)
         };
-        if !events.is_empty() {
-            // Concurrent writers' flushes overlap each other (one fsync can cover several
-            // writes) but never a transaction.
-            let db = self.db.clone();
-            let gate = Arc::clone(&self.flush_gate);
-            tokio::task::spawn_blocking(move || {
-                let _shared = gate.read().unwrap_or_else(|e| e.into_inner());
-                db.flush()
-            })
-            .await
-            .map_err(|e| StoreError::Flush(e.to_string()))?
-            .map_err(StoreError::from)?;
-            // The flush covered every write committed before it began: ours and all
-            // earlier ones.
-            let last = events.last().map_or(0, |ev| ev.rv);
-            self.durable_rv.fetch_max(last, Ordering::AcqRel);
-            self.publish_durable();
+        if let Some(last) = events.last() {
+            // Answered once on disk; writers waiting together share one flush.
+            self.durability.wait(last.rv).await?;
         }
         Ok((value, events))
-    }
-
-    /// Publishes the events of durable revisions, in order, to live watchers.
-    fn publish_durable(&self) {
-        let mut queue = self.unpublished.lock().unwrap_or_else(|e| e.into_inner());
-        let durable = self.durable_rv();
-        while queue.front().is_some_and(|ev| ev.rv <= durable) {
-            if let Some(ev) = queue.pop_front() {
-                // No receivers is fine: nobody is watching.
-                let _ = self.events.send(ev);
-            }
-        }
     }
 
     fn commit(&self, writes: BTreeMap<Key, Option<Value>>) -> Result<Vec<Arc<Event>>, StoreError> {
@@ -757,11 +737,7 @@ mod tests {
                 (b.clone(), Some(obj("b", 1))),
             ]))
             .expect("commit");
-        store
-            .unpublished
-            .lock()
-            .expect("queue")
-            .extend(pending.iter().cloned());
+        store.durability.committed_unflushed(&pending);
         assert_eq!(
             (store.durable_rv(), store.current_rv().expect("rv")),
             (1, 3)
@@ -785,6 +761,40 @@ mod tests {
         let rvs: Vec<u64> = std::iter::from_fn(|| rx.try_recv().ok().map(|e| e.rv)).collect();
         assert_eq!(rvs, vec![2, 3, 4]);
         assert_eq!(store.list_at(&scope, None).expect("list").1.len(), 3);
+    }
+
+    /// Writers that arrive while a flush runs share the next one: with 32 writers in
+    /// flight, far fewer flushes than writes, and every write is durable when answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn group_commit_batches_concurrent_writers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(Store::open(dir.path(), 100_000).expect("open"));
+        let before = store.flushes();
+        let writers: Vec<_> = (0..32)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    for i in 0..20 {
+                        let key = Key::new("things", "ns", &format!("w{w}-{i}"));
+                        let (_, events) = store
+                            .transact(|tx: &mut Tx<'_>| -> Result<(), StoreError> {
+                                tx.put(key.clone(), obj("x", i));
+                                Ok(())
+                            })
+                            .await
+                            .expect("write");
+                        let rv = events.last().map_or(0, |e| e.rv);
+                        assert!(store.durable_rv() >= rv, "answered before durable");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.await.expect("writer");
+        }
+        let flushes = store.flushes() - before;
+        assert_eq!(store.durable_rv(), 640);
+        assert!(flushes < 640 / 2, "{flushes} flushes for 640 writes");
     }
 
     #[tokio::test]

@@ -59,14 +59,15 @@ fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
     let acked: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
     for round in 0..20 {
         let c = direct();
-        let writers: Vec<_> = (0..4)
+        // 16 writers: group commit makes several of them durable per flush.
+        let writers: Vec<_> = (0..16)
             .map(|w| {
                 let c = c.clone();
                 let ns = ns.clone();
                 let acked = Arc::clone(&acked);
                 std::thread::spawn(move || {
                     for i in 0.. {
-                        let n = round * 1000 + w * 100 + i;
+                        let n = round * 100_000 + w * 1000 + i;
                         let name = format!("q-{n}");
                         let body = serde_json::to_vec(&quota(&ns, &name, n)).expect("json");
                         match c.request(
