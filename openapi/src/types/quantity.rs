@@ -146,7 +146,7 @@ fn divide_exact(value: u128, power: i64) -> Option<u128> {
     let divisor = u32::try_from(power)
         .ok()
         .and_then(|p| 10u128.checked_pow(p))?;
-    (value % divisor == 0).then(|| value / divisor)
+    value.is_multiple_of(divisor).then(|| value / divisor)
 }
 
 /// [`parse_bytes`] of a [`Quantity`].
@@ -175,12 +175,12 @@ pub fn format_bytes(bytes: u64) -> String {
     let binary = (1..=6u32)
         .rev()
         .map(|power| (1u64 << (10 * power), BINARY[power as usize - 1]))
-        .find(|(unit, _)| bytes % unit == 0)
+        .find(|(unit, _)| bytes.is_multiple_of(*unit))
         .map(|(unit, suffix)| (bytes / unit, suffix));
     let decimal = (1..=6u32)
         .rev()
         .map(|power| (1000u64.pow(power), DECIMAL[power as usize - 1]))
-        .find(|(unit, _)| bytes % unit == 0)
+        .find(|(unit, _)| bytes.is_multiple_of(*unit))
         .map(|(unit, suffix)| (bytes / unit, suffix));
     let best = match (binary, decimal) {
         (Some(b), Some(d)) => Some(if b.0 <= d.0 { b } else { d }),
