@@ -104,6 +104,20 @@ impl Kubectl {
         Ok(())
     }
 
+    /// The reasons of the Events about Coredump `ns/name` (what `kubectl describe`
+    /// lists under Events), space-separated.
+    pub fn coredump_event_reasons(&self, ns: &str, name: &str) -> Result<String, Error> {
+        self.ok(&[
+            "get",
+            "events",
+            "-n",
+            ns,
+            &format!("--field-selector=involvedObject.name={name},involvedObject.kind=Coredump"),
+            "-o",
+            "jsonpath={.items[*].reason}",
+        ])
+    }
+
     /// `kubectl apply -f -` of a JSON manifest (a single object or a `List`).
     pub fn apply(&self, manifest: &serde_json::Value) -> Result<String, Error> {
         let body = serde_json::to_vec(manifest).map_err(Error::Json)?;

@@ -427,15 +427,7 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
     eventually("the Failed and DeletedByRetention events", || {
         let reasons = env()
             .kubectl()
-            .ok(&[
-                "get",
-                "events",
-                "-n",
-                &ns,
-                "--field-selector=involvedObject.name=never,involvedObject.kind=Coredump",
-                "-o",
-                "jsonpath={.items[*].reason}",
-            ])
+            .coredump_event_reasons(&ns, "never")
             .unwrap_or_default();
         reasons.contains("Failed") && reasons.contains("DeletedByRetention")
     });

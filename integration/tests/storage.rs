@@ -592,17 +592,7 @@ fn eventually_reasons(ns: &str, name: &str, want: &str) -> String {
     loop {
         let reasons = env()
             .kubectl()
-            .ok(&[
-                "get",
-                "events",
-                "-n",
-                ns,
-                &format!(
-                    "--field-selector=involvedObject.name={name},involvedObject.kind=Coredump"
-                ),
-                "-o",
-                "jsonpath={.items[*].reason}",
-            ])
+            .coredump_event_reasons(ns, name)
             .unwrap_or_default();
         if reasons.split_whitespace().any(|r| r == want) {
             return reasons;
