@@ -4,6 +4,8 @@
 //! admission plugs in through [`Admission`] and runs inside the write transaction.
 
 pub mod kinds;
+#[cfg(test)]
+mod rest_tests;
 pub mod select;
 pub mod watch;
 
