@@ -11,6 +11,19 @@ fn api_benchmark_runs_at_tiny_scale() {
     let res = run(&env, &opts).expect("benchmark");
     let section = res.section();
     println!("{}", section.markdown());
+    println!("{}", res.sweep_section().markdown());
+    for t in &res.targets {
+        assert_eq!(t.sweep.len(), opts.sweep.len(), "{}", t.target.name());
+        for (level, r) in &t.sweep {
+            assert_eq!(
+                (r.attempted, r.succeeded),
+                (opts.sweep_objects, opts.sweep_objects),
+                "{} at {level} in flight: {:?}",
+                t.target.name(),
+                r.first_error
+            );
+        }
+    }
 
     // Round robin: object i is in namespace i % namespaces and label group i % 100.
     let in_ns0 = opts.objects.div_ceil(opts.namespaces);

@@ -36,6 +36,9 @@ pub struct ApiOptions {
     pub concurrency: usize,
     /// How often each list is repeated; the median is reported.
     pub list_repeats: usize,
+    /// Creates in flight for the throughput sweep (each level creates `sweep_objects`).
+    pub sweep: Vec<usize>,
+    pub sweep_objects: usize,
 }
 
 impl ApiOptions {
@@ -46,12 +49,16 @@ impl ApiOptions {
                 namespaces: 100,
                 concurrency: 16,
                 list_repeats: 5,
+                sweep: vec![1, 4, 16, 64],
+                sweep_objects: 2000,
             },
             Scale::Tiny => Self {
                 objects: 20,
                 namespaces: 2,
                 concurrency: 4,
                 list_repeats: 1,
+                sweep: vec![1, 4],
+                sweep_objects: 8,
             },
         }
     }
@@ -176,6 +183,8 @@ pub struct TargetResults {
     pub list_label: ListResult,
     pub list_namespace: ListResult,
     pub watch: WatchResult,
+    /// (creates in flight, the creates of that level).
+    pub sweep: Vec<(usize, CreateResult)>,
 }
 
 #[derive(Clone, Debug)]
@@ -739,8 +748,20 @@ async fn run_target(
     )
     .await;
 
+    // How throughput grows with the creates in flight: fresh objects for each level.
+    let mut sweep = Vec::new();
+    let mut next = opts.objects;
+    for &level in &opts.sweep {
+        let batch = (next..next + opts.sweep_objects)
+            .map(|i| object(target, &namespaces, i))
+            .collect::<Result<Vec<_>, _>>()?;
+        next += opts.sweep_objects;
+        let (result, _, _) = create_all(client, target, &batch, level).await;
+        sweep.push((level, result));
+    }
+
     // The next target starts from an empty store: ours serves two of the targets.
-    cleanup(client, target, &namespaces, opts.objects).await?;
+    cleanup(client, target, &namespaces, next).await?;
 
     Ok(TargetResults {
         target,
@@ -750,6 +771,7 @@ async fn run_target(
         list_label,
         list_namespace,
         watch,
+        sweep,
     })
 }
 
@@ -1188,6 +1210,53 @@ async fn cleanup(
 impl ApiResults {
     pub fn target(&self, t: Target) -> Option<&TargetResults> {
         self.targets.iter().find(|r| r.target == t)
+    }
+
+    /// Create throughput by creates in flight, each target against the CRD at the same
+    /// level.
+    pub fn sweep_section(&self) -> Section {
+        let o = &self.options;
+        let mut sec = Section::new(
+            "API: create throughput by creates in flight",
+            &format!(
+                "{} fresh Coredumps per level and target, created with 1 to {} requests in                  flight (after the main run, into the same namespaces; quota admission on                  ours). objects/s over the whole level; ratio = ours ÷ the CRD's objects/s                  at the same level (above 1.00× is faster).",
+                o.sweep_objects,
+                o.sweep.iter().max().copied().unwrap_or(1)
+            ),
+            &["in flight", "target", "objects/s", "p50", "p99", "vs CRD"],
+        );
+        let crd = self.target(Target::Crd);
+        for (i, level) in o.sweep.iter().enumerate() {
+            let base = crd.and_then(|c| c.sweep.get(i)).map(|(_, r)| r.per_s);
+            for t in &self.targets {
+                let Some((_, r)) = t.sweep.get(i) else {
+                    continue;
+                };
+                let vs = match (t.target, base) {
+                    (Target::Crd, _) => "baseline".to_string(),
+                    (_, Some(b)) if b > 0.0 => ratio(r.per_s / b),
+                    _ => "–".to_string(),
+                };
+                sec.row(vec![
+                    level.to_string(),
+                    t.target.name().to_string(),
+                    if r.succeeded == r.attempted {
+                        format!("{:.0}", r.per_s)
+                    } else {
+                        format!(
+                            "{:.0} ({} of {} failed)",
+                            r.per_s,
+                            r.attempted - r.succeeded,
+                            r.attempted
+                        )
+                    },
+                    ms(r.p50),
+                    ms(r.p99),
+                    vs,
+                ]);
+            }
+        }
+        sec
     }
 
     pub fn section(&self) -> Section {

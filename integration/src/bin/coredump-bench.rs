@@ -104,11 +104,9 @@ fn main() -> anyhow::Result<()> {
         };
         let env = TestEnv::start(cp, Default::default()).context("local control plane")?;
         if wants(Which::Api) {
-            done(
-                api::run(&env, &ApiOptions::for_scale(scale))
-                    .context("API benchmark")?
-                    .section(),
-            );
+            let res = api::run(&env, &ApiOptions::for_scale(scale)).context("API benchmark")?;
+            done(res.section());
+            done(res.sweep_section());
         }
         if wants(Which::Transfer) {
             done(
