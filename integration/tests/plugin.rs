@@ -273,6 +273,43 @@ fn kubectl_finds_the_plugin_and_every_command_works_on_real_objects() {
         "--context is honoured"
     );
 
+    // -w: the table, then each change as it happens.
+    let mut watching = kubectl(&["coredump", "list", "-n", &ns, "-w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("watch");
+    let stdout = watching.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The listed table comes first; then a new crash shows up.
+    let header = rx.recv_timeout(Duration::from_secs(30)).expect("table");
+    assert!(header.starts_with("NAME"), "{header}");
+    stored(&ns, "crash-w", "bug-3", "late_fn");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    let found = loop {
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Ok(l) if l.starts_with("crash-w") => break true,
+            Ok(l) => seen.push(l),
+            Err(_) if Instant::now() > deadline => break false,
+            Err(_) => {}
+        }
+    };
+    let _ = watching.kill();
+    let _ = watching.wait();
+    assert!(found, "no row for the new crash: {seen:?}");
+
     // delete by group, by name, by age.
     let out = ok(&["coredump", "delete", "-n", &ns, "--group", &group_name]);
     assert_eq!(out.lines().count(), 2, "{out}");
@@ -280,8 +317,13 @@ fn kubectl_finds_the_plugin_and_every_command_works_on_real_objects() {
         out.contains("coredump.coredump.io \"crash-a\" deleted"),
         "{out}"
     );
+    // creationTimestamp has one-second resolution.
+    std::thread::sleep(Duration::from_millis(1100));
     let out = ok(&["coredump", "delete", "-n", &ns, "--older-than", "0s"]);
-    assert!(out.contains("\"crash-c\" deleted"), "{out}");
+    assert!(
+        out.contains("\"crash-c\" deleted") && out.contains("\"crash-w\" deleted"),
+        "{out}"
+    );
     let o = run(&["coredump", "delete", "crash-c", "-n", &ns]);
     assert!(!o.status.success(), "deleting a missing one fails");
 }
