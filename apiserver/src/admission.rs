@@ -14,8 +14,9 @@ use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 
 use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
-use crate::registry::{invalid, now_rfc3339, str_at, Admission, Ctx, Kind};
+use crate::registry::{invalid, now_rfc3339, phase_of, str_at, Admission, Ctx, Kind};
 use crate::store::{Event, EventType, Key, Scope, Tx};
+use coredump_openapi::CoredumpPhase;
 
 /// Bytes and count of stored (or reserved) cores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,8 +36,8 @@ pub struct QuotaAdmission {
 /// Whether a Coredump holds (or has reserved) room: Pending and Stored do.
 pub fn counts(obj: &Value) -> bool {
     matches!(
-        str_at(obj, "/status/phase").as_deref(),
-        Some("Pending" | "Stored")
+        phase_of(obj),
+        Some(CoredumpPhase::Pending | CoredumpPhase::Stored)
     )
 }
 
@@ -201,7 +202,7 @@ impl QuotaAdmission {
         if lims.is_empty() {
             // No quota and no default: nothing to check and no status to keep, so the
             // namespace's coredumps are not read (that would cost O(n) per create).
-            obj["status"] = json!({"phase": "Pending"});
+            obj["status"] = json!({"phase": CoredumpPhase::Pending});
             return Ok(());
         }
         let mut used = usage(tx, ns, None)?;
@@ -210,7 +211,7 @@ impl QuotaAdmission {
             // Make room by deleting the oldest stored cores, as long as that helps.
             let mut stored: Vec<(Key, Value)> = coredumps(tx, ns)?
                 .into_iter()
-                .filter(|(_, o)| str_at(o, "/status/phase").as_deref() == Some("Stored"))
+                .filter(|(_, o)| phase_of(o) == Some(CoredumpPhase::Stored))
                 .collect();
             stored
                 .sort_by_key(|(_, o)| str_at(o, "/metadata/creationTimestamp").unwrap_or_default());
@@ -226,19 +227,19 @@ impl QuotaAdmission {
             }
         }
         if over.is_empty() {
-            obj["status"] = json!({"phase": "Pending"});
+            obj["status"] = json!({"phase": CoredumpPhase::Pending});
             write_quota_status(tx, ns, |_| Ok(add(used, want)))?;
             return Ok(());
         }
         obj["status"] = json!({
-            "phase": "Rejected",
+            "phase": CoredumpPhase::Rejected,
             "reason": "QuotaExceeded",
             "message": format!("exceeded quota: {}", over.join("; ")),
         });
         // Keep a bounded number of rejected records: the oldest goes first.
         let mut rejected: Vec<(Key, Value)> = coredumps(tx, ns)?
             .into_iter()
-            .filter(|(_, o)| str_at(o, "/status/phase").as_deref() == Some("Rejected"))
+            .filter(|(_, o)| phase_of(o) == Some(CoredumpPhase::Rejected))
             .collect();
         rejected.sort_by_key(|(_, o)| str_at(o, "/metadata/creationTimestamp").unwrap_or_default());
         let excess = (rejected.len() + 1).saturating_sub(self.max_rejected.max(1));
@@ -282,11 +283,13 @@ impl Admission for QuotaAdmission {
             new["status"] = quota_status(new, usage(tx, &ns, None)?);
             return Ok(());
         }
-        let (from, to) = (str_at(old, "/status/phase"), str_at(new, "/status/phase"));
         // Only the server moves a core to Stored (on upload) or out of Rejected; a client
         // may only give up on a pending upload (Failed).
-        let allowed =
-            from == to || (from.as_deref() == Some("Pending") && to.as_deref() == Some("Failed"));
+        let (from, to) = (str_at(old, "/status/phase"), str_at(new, "/status/phase"));
+        let unchanged = from == to;
+        let allowed = unchanged
+            || (phase_of(old) == Some(CoredumpPhase::Pending)
+                && phase_of(new) == Some(CoredumpPhase::Failed));
         if !allowed {
             return Err(invalid(
                 kind,
@@ -358,7 +361,7 @@ pub fn mark_stored(tx: &mut Tx<'_>, key: &Key, uid: &str) -> Result<Value, ApiEr
             "the coredump was replaced during the upload",
         ));
     }
-    if str_at(&obj, "/status/phase").as_deref() != Some("Pending") {
+    if phase_of(&obj) != Some(CoredumpPhase::Pending) {
         return Err(ApiError::new(
             409,
             "Conflict",
@@ -368,7 +371,7 @@ pub fn mark_stored(tx: &mut Tx<'_>, key: &Key, uid: &str) -> Result<Value, ApiEr
             ),
         ));
     }
-    obj["status"] = json!({"phase": "Stored", "storedAt": now_rfc3339()});
+    obj["status"] = json!({"phase": CoredumpPhase::Stored, "storedAt": now_rfc3339()});
     tx.put(key.clone(), obj.clone());
     Ok(obj)
 }

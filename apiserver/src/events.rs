@@ -16,8 +16,9 @@ use tokio::sync::mpsc;
 
 use coredump_openapi::COREDUMP;
 
-use crate::registry::{str_at, Admission};
+use crate::registry::{phase_of, str_at, Admission};
 use crate::store::{Event, EventType as Change};
+use coredump_openapi::CoredumpPhase;
 
 /// Notes waiting to be published; past this, new ones are dropped.
 const QUEUE: usize = 1024;
@@ -46,8 +47,8 @@ impl Note {
     }
 }
 
-fn phase(obj: &Value) -> Option<String> {
-    str_at(obj, "/status/phase")
+fn phase(obj: &Value) -> Option<CoredumpPhase> {
+    phase_of(obj)
 }
 
 /// The events one committed batch of changes calls for. A Coredump deleted in the same
@@ -63,13 +64,13 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
         let obj = &*ev.object;
         let message = || str_at(obj, "/status/message").unwrap_or_default();
         let note = match ev.kind {
-            Change::Added if phase(obj).as_deref() == Some("Rejected") => {
+            Change::Added if phase(obj) == Some(CoredumpPhase::Rejected) => {
                 Note::about(obj, true, "Rejected", message())
             }
             Change::Modified => {
                 let before = ev.prev.as_deref().and_then(phase);
-                match (before.as_deref(), phase(obj).as_deref()) {
-                    (Some("Pending"), Some("Stored")) => Note::about(
+                match (before, phase(obj)) {
+                    (Some(CoredumpPhase::Pending), Some(CoredumpPhase::Stored)) => Note::about(
                         obj,
                         false,
                         "Stored",
@@ -79,16 +80,18 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
                             str_at(obj, "/spec/storedSize").unwrap_or_default()
                         ),
                     ),
-                    (Some(b), Some("Failed")) if b != "Failed" => Note::about(
-                        obj,
-                        true,
-                        "Failed",
-                        format!(
-                            "{}: {}",
-                            str_at(obj, "/status/reason").unwrap_or_default(),
-                            message()
-                        ),
-                    ),
+                    (Some(b), Some(CoredumpPhase::Failed)) if b != CoredumpPhase::Failed => {
+                        Note::about(
+                            obj,
+                            true,
+                            "Failed",
+                            format!(
+                                "{}: {}",
+                                str_at(obj, "/status/reason").unwrap_or_default(),
+                                message()
+                            ),
+                        )
+                    }
                     _ => None,
                 }
             }

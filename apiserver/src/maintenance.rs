@@ -18,9 +18,10 @@ use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 use crate::admission::{blob_key, counts, usage, write_quota_status};
 use crate::blobs::BlobStore;
 use crate::error::ApiError;
-use crate::registry::{str_at, Ctx, Kind, Preconditions, Registry};
+use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
 use crate::store::{Key, Scope};
 use crate::uploads::Uploads;
+use coredump_openapi::CoredumpPhase;
 
 pub struct Maintenance {
     pub registry: Arc<Registry>,
@@ -65,7 +66,7 @@ impl Maintenance {
         let coredumps = self.all(COREDUMP.plural)?;
         let stored_keys: std::collections::BTreeSet<_> = coredumps
             .iter()
-            .filter(|(_, o)| str_at(o, "/status/phase").as_deref() == Some("Stored"))
+            .filter(|(_, o)| phase_of(o) == Some(CoredumpPhase::Stored))
             .filter_map(|(_, o)| blob_key(o))
             .collect();
         let blobs = self.blobs.clone();
@@ -78,7 +79,7 @@ impl Maintenance {
         }
         let on_disk: std::collections::BTreeSet<_> = stored.into_iter().collect();
         for (key, obj) in coredumps {
-            let stored_phase = str_at(&obj, "/status/phase").as_deref() == Some("Stored");
+            let stored_phase = phase_of(&obj) == Some(CoredumpPhase::Stored);
             if stored_phase && blob_key(&obj).is_some_and(|b| !on_disk.contains(&b)) {
                 tracing::error!(namespace = %key.namespace, name = %key.name, "a Stored coredump has no core file");
                 self.fail(&key, "CoreMissing", "the stored core file is missing")
@@ -98,8 +99,7 @@ impl Maintenance {
         let store_key = Key::new(COREDUMP.plural, &key.namespace, &key.name);
         let obj = self.registry.store.get(&store_key)?;
         let owned = obj.as_ref().is_some_and(|o| {
-            blob_key(o).as_ref() == Some(key)
-                && str_at(o, "/status/phase").as_deref() == Some("Stored")
+            blob_key(o).as_ref() == Some(key) && phase_of(o) == Some(CoredumpPhase::Stored)
         });
         if owned {
             return Ok(());
@@ -121,7 +121,8 @@ impl Maintenance {
                 if !counts(&obj) {
                     return Ok(());
                 }
-                obj["status"] = json!({"phase": "Failed", "reason": reason, "message": message});
+                obj["status"] =
+                    json!({"phase": CoredumpPhase::Failed, "reason": reason, "message": message});
                 tx.put(key.clone(), obj);
                 write_quota_status(tx, &key.namespace, |tx| usage(tx, &key.namespace, None))
             })
@@ -135,7 +136,7 @@ impl Maintenance {
         let pending_limit = i64::try_from(self.pending_timeout.as_secs()).unwrap_or(i64::MAX);
         let coredumps = self.all(COREDUMP.plural)?;
         for (key, obj) in &coredumps {
-            let pending = str_at(obj, "/status/phase").as_deref() == Some("Pending");
+            let pending = phase_of(obj) == Some(CoredumpPhase::Pending);
             if pending && age_secs(obj, now).is_some_and(|a| a > pending_limit) {
                 tracing::info!(namespace = %key.namespace, name = %key.name, "upload never arrived; releasing the reservation");
                 self.fail(

@@ -30,9 +30,10 @@ use super::AppState;
 use crate::admission::{blob_key, mark_stored};
 use crate::blobs::{BlobError, BlobKey};
 use crate::error::ApiError;
-use crate::registry::{str_at, Ctx, Kind};
+use crate::registry::{phase_of, str_at, Ctx, Kind};
 use crate::store::Key;
 use coredump_openapi::types::parse_bytes;
+use coredump_openapi::CoredumpPhase;
 
 /// Chunks in flight between the network and the disk: bounds memory per transfer.
 const CHANNEL_DEPTH: usize = 8;
@@ -160,7 +161,7 @@ async fn upload_core(
         ));
     }
     let phase = str_at(&obj, "/status/phase").unwrap_or_default();
-    if phase != "Pending" {
+    if phase_of(&obj) != Some(CoredumpPhase::Pending) {
         return Err(ApiError::new(
             409,
             "Conflict",
@@ -369,7 +370,7 @@ async fn download_core(
 ) -> Result<Response, ApiError> {
     let name = str_at(obj, "/metadata/name").unwrap_or_default();
     let phase = str_at(obj, "/status/phase").unwrap_or_default();
-    if phase != "Stored" {
+    if phase_of(obj) != Some(CoredumpPhase::Stored) {
         return Err(ApiError::new(
             409,
             "Conflict",

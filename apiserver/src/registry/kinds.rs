@@ -99,7 +99,7 @@ impl Kind for CoredumpKind {
     }
 
     fn prepare_create(&self, obj: &mut Value) {
-        obj["status"] = json!({"phase": "Pending"});
+        obj["status"] = json!({"phase": coredump_openapi::CoredumpPhase::Pending});
     }
 
     fn selectable_fields(&self) -> &'static [&'static str] {

@@ -17,6 +17,7 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause, Target};
 use crate::store::{Event, Key, Scope, Store, StoreError, Tx};
+use coredump_openapi::CoredumpPhase;
 use coredump_openapi::{FieldError, GROUP};
 pub use select::{FieldSelector, LabelSelector};
 
@@ -896,6 +897,13 @@ fn cause(reason: &str, field: &str, message: &str) -> Cause {
 
 pub fn str_at(v: &Value, ptr: &str) -> Option<String> {
     v.pointer(ptr).and_then(Value::as_str).map(str::to_string)
+}
+
+/// A Coredump's `status.phase`, typed (none for a missing or unknown one).
+pub fn phase_of(obj: &Value) -> Option<CoredumpPhase> {
+    obj.pointer("/status/phase")
+        .cloned()
+        .and_then(|v| serde_json::from_value(v).ok())
 }
 
 pub fn now_rfc3339() -> String {
