@@ -1,0 +1,578 @@
+//! The add-on on a real node (integration/src/realnode.rs): kubelet, containerd, runc, a
+//! bridge CNI network, kube-proxy and CoreDNS on this machine, the add-on installed from
+//! `deploy/overlays/local` as deploy/README.md tells an admin, and real containers that
+//! crash.
+//!
+//! One node per test binary, shared by the tests (each in its own namespace), torn down at
+//! exit. The node's DaemonSet agent owns core_pattern while it runs, holding the node
+//! handler's core_pattern lock; other tests that install a handler wait for that lock.
+//! Tests that disturb the add-on for everyone (killing the server) take the write side of
+//! [`DISRUPT`]; the others its read side.
+//!
+//! Root only, with runc, nft and the CNI plugins installed; each test prints why it skips
+//! otherwise.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+
+use coredump_integration::kubectl::Kubectl;
+use coredump_integration::process::wait_for;
+use coredump_integration::realnode::{
+    self, RealNode, CRASHER_GO_IMAGE, CRASHER_IMAGE, CRASHER_MT_IMAGE, NODE_NAME,
+};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+/// Generous: two cores shared with builds; a crash loop's back-off alone is 10 s + 20 s.
+const WAIT: Duration = Duration::from_secs(240);
+const API: &str = "/apis/coredump.io/v1alpha1";
+
+struct Shared {
+    kubectl: Kubectl,
+    /// The workloads' binaries with symbols (for gdb).
+    bins: PathBuf,
+    pv_dir: PathBuf,
+}
+
+static NODE: Mutex<Option<RealNode>> = Mutex::new(None);
+static DISRUPT: RwLock<()> = RwLock::new(());
+
+fn shared() -> Option<&'static Shared> {
+    static SHARED: OnceLock<Result<Shared, String>> = OnceLock::new();
+    let s = SHARED.get_or_init(|| {
+        if let Some(why) = realnode::unavailable() {
+            return Err(why);
+        }
+        let images = tempfile::Builder::new()
+            .prefix("cdrn-images")
+            .tempdir()
+            .expect("tempdir")
+            .keep();
+        let archives = realnode::build_images(&images).expect("build the images");
+        extern "C" fn teardown() {
+            if let Ok(mut n) = NODE.lock() {
+                if let Some(mut node) = n.take() {
+                    node.teardown();
+                }
+            }
+        }
+        // SAFETY: registering a plain extern "C" function.
+        unsafe {
+            libc::atexit(teardown);
+        }
+        let node = RealNode::start(realnode::Options {
+            images: archives,
+            ..Default::default()
+        })
+        .unwrap_or_else(|e| panic!("the real node failed to start: {e}"));
+        node.install_addon()
+            .unwrap_or_else(|e| panic!("installing the add-on failed: {e}"));
+        let shared = Shared {
+            kubectl: node.kubectl(),
+            bins: images.join("bin"),
+            pv_dir: node.dir.join("pv"),
+        };
+        *NODE.lock().unwrap_or_else(|e| e.into_inner()) = Some(node);
+        Ok(shared)
+    });
+    match s {
+        Ok(s) => Some(s),
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+fn read() -> RwLockReadGuard<'static, ()> {
+    DISRUPT.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write() -> RwLockWriteGuard<'static, ()> {
+    DISRUPT.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn namespace(s: &Shared, prefix: &str, labels: Value) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let name = format!(
+        "{prefix}-{}",
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    );
+    s.kubectl
+        .apply(&json!({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": name, "labels": labels}}))
+        .expect("create namespace");
+    name
+}
+
+fn container(name: &str, image: &str, args: &[&str]) -> Value {
+    json!({"name": name, "image": image, "imagePullPolicy": "Never", "args": args})
+}
+
+fn pod(s: &Shared, ns: &str, name: &str, spec: Value, labels: Value) {
+    let mut spec = spec;
+    spec["terminationGracePeriodSeconds"] = json!(1);
+    spec["automountServiceAccountToken"] = json!(false);
+    s.kubectl
+        .apply(&json!({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": ns, "labels": labels},
+                       "spec": spec}))
+        .expect("create pod");
+}
+
+fn list(s: &Shared, args: &[&str]) -> Vec<Value> {
+    try_list(s, args).expect("kubectl list")
+}
+
+/// For waits: kubectl errors (e.g. 503 while the server pod is replaced) are retried.
+fn try_list(s: &Shared, args: &[&str]) -> Result<Vec<Value>, coredump_integration::Error> {
+    let out = s.kubectl.ok(args)?;
+    let v: Value = serde_json::from_str(&out)
+        .map_err(|e| coredump_integration::Error::Setup(format!("json: {e}")))?;
+    Ok(v["items"].as_array().cloned().unwrap_or_default())
+}
+
+/// Waits until `ns` holds at least `n` Stored coredumps; fails on Rejected or Failed.
+fn stored(s: &Shared, ns: &str, n: usize) -> Vec<Value> {
+    wait_for(&format!("{n} Stored coredumps in {ns}"), WAIT, || {
+        let items = try_list(s, &["get", "coredumps", "-n", ns, "-o", "json"])?;
+        for cd in &items {
+            if let Some(p @ ("Rejected" | "Failed")) = cd["status"]["phase"].as_str() {
+                panic!("coredump ended {p}: {cd}");
+            }
+        }
+        let done: Vec<Value> = items
+            .into_iter()
+            .filter(|cd| cd["status"]["phase"] == "Stored")
+            .collect();
+        Ok((done.len() >= n).then_some(done))
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn download(s: &Shared, ns: &str, name: &str) -> Vec<u8> {
+    let out = s
+        .kubectl
+        .run(&[
+            "get",
+            "--raw",
+            &format!("{API}/namespaces/{ns}/coredumps/{name}/download"),
+        ])
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "download: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The download equals the core (its spec's sha256), and gdb with `binary` shows `function`.
+fn check_core(s: &Shared, ns: &str, cd: &Value, binary: &str, function: &str) {
+    let name = cd["metadata"]["name"].as_str().expect("name");
+    let core = download(s, ns, name);
+    assert_eq!(
+        hex::encode(Sha256::digest(&core)),
+        cd["spec"]["sha256"].as_str().expect("sha256"),
+        "download of {ns}/{name}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let core_path = dir.path().join("core");
+    std::fs::write(&core_path, &core).expect("write core");
+    let out = Command::new("gdb")
+        .args(["-batch", "-nx", "-ex", "thread apply all bt"])
+        .arg(s.bins.join(binary))
+        .arg(&core_path)
+        .output()
+        .expect("run gdb");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(function),
+        "gdb on {ns}/{name} does not name {function}:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn container_ids(s: &Shared, ns: &str, pod: &str) -> Vec<String> {
+    let out = s
+        .kubectl
+        .ok(&["get", "pod", pod, "-n", ns, "-o", "json"])
+        .expect("get pod");
+    let v: Value = serde_json::from_str(&out).expect("json");
+    let mut ids = Vec::new();
+    for list in ["initContainerStatuses", "containerStatuses"] {
+        for c in v["status"][list].as_array().into_iter().flatten() {
+            for id in [
+                &c["containerID"],
+                &c["lastState"]["terminated"]["containerID"],
+            ] {
+                if let Some(id) = id.as_str() {
+                    ids.push(id.trim_start_matches("containerd://").to_string());
+                }
+            }
+        }
+    }
+    ids
+}
+
+fn event_for(s: &Shared, ns: &str, pod: &str, coredump: &str) {
+    wait_for("the CoreDumped Event", WAIT, || {
+        let items = try_list(
+            s,
+            &[
+                "get",
+                "events",
+                "-n",
+                ns,
+                "--field-selector",
+                "reason=CoreDumped",
+                "-o",
+                "json",
+            ],
+        )?;
+        Ok(items
+            .iter()
+            .any(|e| {
+                e["involvedObject"]["name"] == pod
+                    && e["involvedObject"]["kind"] == "Pod"
+                    && e["message"].as_str().is_some_and(|m| m.contains(coredump))
+            })
+            .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn segfaulting_container_is_stored_with_its_pod_and_downloads_as_the_core() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "segv", json!({}));
+    pod(
+        s,
+        &ns,
+        "crasher",
+        json!({"restartPolicy": "Never",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 1);
+    let cd = &cds[0];
+    let spec = &cd["spec"];
+    let uid = s
+        .kubectl
+        .ok(&[
+            "get",
+            "pod",
+            "crasher",
+            "-n",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .expect("uid");
+    assert_eq!(spec["podName"], "crasher", "{cd}");
+    assert_eq!(spec["podUID"].as_str(), Some(uid.trim()), "{cd}");
+    assert_eq!(spec["containerName"], "app", "{cd}");
+    assert_eq!(spec["nodeName"], NODE_NAME, "{cd}");
+    assert_eq!(spec["signal"], 11, "{cd}");
+    assert!(
+        spec["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("coredump-detector/test-crasher:local")),
+        "{cd}"
+    );
+    assert!(
+        spec["executable"]
+            .as_str()
+            .is_some_and(|e| e.ends_with("crasher")),
+        "{cd}"
+    );
+    let ids = container_ids(s, &ns, "crasher");
+    assert!(
+        spec["containerID"]
+            .as_str()
+            .is_some_and(|id| ids.iter().any(|i| id.ends_with(i.as_str()))),
+        "{cd} vs {ids:?}"
+    );
+    let name = cd["metadata"]["name"].as_str().expect("name");
+    event_for(s, &ns, "crasher", name);
+    check_core(s, &ns, cd, "crasher", "crash_here_in_known_function");
+}
+
+#[test]
+fn pods_get_addresses_on_the_pod_network() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    // The agent reached the server through its Service name (CoreDNS, kube-proxy) and
+    // kube-apiserver through the kubernetes Service: the install waited for both.
+    let pods = list(s, &["get", "pods", "-n", "coredump-system", "-o", "json"]);
+    assert!(!pods.is_empty());
+    for p in pods {
+        let ip = p["status"]["podIP"].as_str().unwrap_or_default();
+        assert!(
+            ip.starts_with("10.244.0."),
+            "{}: {ip}",
+            p["metadata"]["name"]
+        );
+    }
+}
+
+#[test]
+fn crash_loop_restarts_are_each_attributed_to_their_container() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "loop", json!({}));
+    pod(
+        s,
+        &ns,
+        "looper",
+        json!({"restartPolicy": "Always",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 3);
+    let mut ids: Vec<&str> = cds
+        .iter()
+        .map(|cd| {
+            assert_eq!(cd["spec"]["podName"], "looper", "{cd}");
+            assert_eq!(cd["spec"]["containerName"], "app", "{cd}");
+            cd["spec"]["containerID"].as_str().expect("containerID")
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        cds.len(),
+        "one container ID per restart: {ids:?}"
+    );
+    let _ = s.kubectl.run(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
+#[test]
+fn init_container_crash_is_attributed_to_the_init_container() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "init", json!({}));
+    pod(
+        s,
+        &ns,
+        "withinit",
+        json!({"restartPolicy": "Never",
+               "initContainers": [container("setup", CRASHER_IMAGE, &["segv"])],
+               "containers": [container("app", CRASHER_IMAGE, &["sleep"])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds[0]["spec"]["containerName"], "setup", "{}", cds[0]);
+    assert_eq!(cds[0]["spec"]["signal"], 11, "{}", cds[0]);
+}
+
+#[test]
+fn crash_of_a_kubectl_exec_process_is_attributed_to_its_container() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "exec", json!({}));
+    pod(
+        s,
+        &ns,
+        "sleeper",
+        json!({"containers": [container("main", CRASHER_IMAGE, &["sleep"])]}),
+        json!({}),
+    );
+    s.kubectl
+        .ok(&[
+            "wait",
+            "--for=condition=Ready",
+            "pod/sleeper",
+            "-n",
+            &ns,
+            "--timeout=240s",
+        ])
+        .expect("pod ready");
+    let out = s
+        .kubectl
+        .run(&[
+            "exec", "sleeper", "-n", &ns, "-c", "main", "--", "/crasher", "segv",
+        ])
+        .expect("kubectl exec");
+    assert!(!out.status.success(), "the exec'd crasher exited 0");
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds[0]["spec"]["podName"], "sleeper", "{}", cds[0]);
+    assert_eq!(cds[0]["spec"]["containerName"], "main", "{}", cds[0]);
+    check_core(s, &ns, &cds[0], "crasher", "crash_here_in_known_function");
+}
+
+#[test]
+fn second_container_of_a_pod_is_named() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "multi", json!({}));
+    pod(
+        s,
+        &ns,
+        "two",
+        json!({"restartPolicy": "Never",
+               "containers": [container("first", CRASHER_IMAGE, &["sleep"]),
+                              container("second", CRASHER_MT_IMAGE, &[])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds[0]["spec"]["containerName"], "second", "{}", cds[0]);
+    check_core(s, &ns, &cds[0], "crasher-mt", "crash_in_worker_thread");
+}
+
+#[test]
+fn burstable_and_guaranteed_pods_are_attributed() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "qos", json!({}));
+    let mut burst = container("app", CRASHER_IMAGE, &["segv"]);
+    burst["resources"] = json!({"requests": {"cpu": "10m", "memory": "16Mi"}});
+    let mut guar = container("app", CRASHER_GO_IMAGE, &[]);
+    guar["resources"] = json!({"requests": {"cpu": "50m", "memory": "64Mi"},
+                               "limits": {"cpu": "50m", "memory": "64Mi"}});
+    pod(
+        s,
+        &ns,
+        "burstable",
+        json!({"restartPolicy": "Never", "containers": [burst]}),
+        json!({}),
+    );
+    pod(
+        s,
+        &ns,
+        "guaranteed",
+        // The Go runtime ends itself with SIGABRT, which a PID namespace's init ignores:
+        // with the pause process as PID 1 the crasher is not init.
+        json!({"restartPolicy": "Never", "shareProcessNamespace": true, "containers": [guar]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 2);
+    let mut pods: Vec<&str> = cds
+        .iter()
+        .map(|cd| cd["spec"]["podName"].as_str().expect("podName"))
+        .collect();
+    pods.sort();
+    assert_eq!(pods, ["burstable", "guaranteed"]);
+    for cd in &cds {
+        let qos = s
+            .kubectl
+            .ok(&[
+                "get",
+                "pod",
+                cd["spec"]["podName"].as_str().expect("pod"),
+                "-n",
+                &ns,
+                "-o",
+                "jsonpath={.status.qosClass}",
+            ])
+            .expect("qos");
+        if cd["spec"]["podName"] == "guaranteed" {
+            assert_eq!(qos, "Guaranteed");
+            // The Go runtime aborts (GOTRACEBACK=crash).
+            assert_eq!(cd["spec"]["signal"], 6, "{cd}");
+            check_core(s, &ns, cd, "crasher-go", "main.crashHereInGo");
+        } else {
+            assert_eq!(qos, "Burstable");
+        }
+    }
+}
+
+#[test]
+fn opted_out_pods_and_namespaces_are_not_captured() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let disabled = json!({"coredump.io/capture": "disabled"});
+    let ns_out = namespace(s, "optout-ns", disabled.clone());
+    let ns = namespace(s, "optout-pod", json!({}));
+    let spec = json!({"restartPolicy": "Never",
+                      "containers": [container("app", CRASHER_IMAGE, &["segv"])]});
+    pod(s, &ns_out, "quiet", spec.clone(), json!({}));
+    pod(s, &ns, "quiet", spec.clone(), disabled);
+    for (n, p) in [(&ns_out, "quiet"), (&ns, "quiet")] {
+        wait_for("the opted-out crasher to end", WAIT, || {
+            let phase =
+                s.kubectl
+                    .ok(&["get", "pod", p, "-n", n, "-o", "jsonpath={.status.phase}"])?;
+            Ok((phase == "Failed").then_some(()))
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+    }
+    // A crash after them that is captured: by the time it is Stored, theirs would be.
+    pod(s, &ns, "loud", spec, json!({}));
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds.len(), 1);
+    assert_eq!(cds[0]["spec"]["podName"], "loud");
+    assert!(list(s, &["get", "coredumps", "-n", &ns_out, "-o", "json"]).is_empty());
+}
+
+#[test]
+fn deleting_a_namespace_removes_its_pods_cores_and_files() {
+    let Some(s) = shared() else { return };
+    let _g = read();
+    let ns = namespace(s, "gone", json!({}));
+    pod(
+        s,
+        &ns,
+        "crasher",
+        json!({"restartPolicy": "Never",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    pod(
+        s,
+        &ns,
+        "runner",
+        json!({"containers": [container("app", CRASHER_IMAGE, &["sleep"])]}),
+        json!({}),
+    );
+    stored(s, &ns, 1);
+    let files = s.pv_dir.join("cores").join(&ns);
+    assert!(files.exists(), "{} missing", files.display());
+    s.kubectl
+        .ok(&["delete", "namespace", &ns, "--timeout=240s"])
+        .expect("delete namespace");
+    assert!(list(s, &["get", "coredumps", "-A", "-o", "json"])
+        .iter()
+        .all(|cd| cd["metadata"]["namespace"] != ns.as_str()));
+    wait_for("the core files to go", WAIT, || {
+        Ok((!files.exists()
+            || std::fs::read_dir(&files)
+                .map(|d| d.count() == 0)
+                .unwrap_or(true))
+        .then_some(()))
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn core_waits_in_the_spool_while_the_server_pod_is_replaced() {
+    let Some(s) = shared() else { return };
+    let _g = write();
+    let ns = namespace(s, "spool", json!({}));
+    s.kubectl
+        .ok(&[
+            "delete",
+            "pod",
+            "coredump-apiserver-0",
+            "-n",
+            "coredump-system",
+            "--force",
+            "--grace-period=0",
+        ])
+        .expect("force-delete the server pod");
+    pod(
+        s,
+        &ns,
+        "crasher",
+        json!({"restartPolicy": "Never",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds[0]["spec"]["podName"], "crasher");
+    realnode::wait_installed(&s.kubectl, WAIT).expect("the add-on is back");
+}
