@@ -19,6 +19,8 @@ use rand::Rng;
 use tokio_util::sync::CancellationToken;
 use tracing::{field, info, warn, Instrument};
 
+use crate::analysis::sandbox::{self, SandboxOptions};
+use crate::analysis::ANALYSIS_FILE;
 use crate::config::{CaptureConfig, ConfigError};
 use crate::deliver::{self, DeliverError, Delivered, ServerClient, ServerOptions};
 use crate::events::{self, Recorder};
@@ -90,6 +92,17 @@ pub struct AgentOptions {
     pub max_backoff: Duration,
     /// Written to `capture.json` at start.
     pub capture: CaptureConfig,
+    /// None (`--no-analysis`): Coredumps carry no `spec.analysis`.
+    pub analysis: Option<AnalysisSettings>,
+}
+
+/// How the agent analyzes each core before delivering it (see `analysis`).
+#[derive(Debug, Clone)]
+pub struct AnalysisSettings {
+    pub sandbox: SandboxOptions,
+    /// Where the kubelet keeps container logs (`/var/log/pods`); None
+    /// (`--no-log-tail`): no log tail is read.
+    pub log_root: Option<PathBuf>,
 }
 
 /// Our pattern is installed while this lives; dropping it (also when
@@ -262,6 +275,7 @@ async fn serve(
         recorder: Recorder::new(client, &opts.node_name),
         node: opts.node_name.clone(),
         pod_wait: opts.pod_wait,
+        analysis: opts.analysis.clone(),
         max_backoff: opts.max_backoff,
         stale_tmp_age: Duration::from_secs(2 * opts.capture.deadline_seconds + 60),
         spool,
@@ -347,6 +361,7 @@ struct Deliverer {
     metrics: Metrics,
     node: String,
     pod_wait: Duration,
+    analysis: Option<AnalysisSettings>,
     max_backoff: Duration,
     stale_tmp_age: Duration,
     entries: HashMap<String, EntryState>,
@@ -559,7 +574,16 @@ impl Deliverer {
             Ok(d) => d.join(CORE_FILE),
             Err(e) => return self.discard(id, DropReason::EntryUnreadable, &e.to_string()),
         };
-        let result = deliver::deliver(&self.server, &entry, &core, &attr, &self.node).await;
+        let analysis = self.analysis_of(id, &entry, &attr).await;
+        let result = deliver::deliver(
+            &self.server,
+            &entry,
+            &core,
+            &attr,
+            &self.node,
+            analysis.as_ref(),
+        )
+        .await;
         let fate = match result {
             Ok(d) => d,
             Err(e) => {
@@ -604,6 +628,57 @@ impl Deliverer {
             }
         }
         Step::Done
+    }
+
+    /// The entry's analysis: computed once in the sandboxed child, then kept in
+    /// the entry (`analysis.json`) for later attempts. A failed analysis is an
+    /// analysis too (`state: Failed`), and the core is delivered either way.
+    async fn analysis_of(
+        &self,
+        id: &str,
+        entry: &SpoolEntry,
+        attr: &pods::Attribution,
+    ) -> Option<coredump_openapi::types::CrashAnalysis> {
+        let settings = self.analysis.as_ref()?;
+        let dir = self.spool.entry_dir(id).ok()?;
+        let kept = dir.join(ANALYSIS_FILE);
+        if let Ok(b) = crate::spool::read_bounded(&kept, 1 << 20) {
+            if let Ok(a) = serde_json::from_slice(&b) {
+                return Some(a);
+            }
+        }
+        let log_file = settings.log_root.as_deref().and_then(|root| {
+            let container = attr.container_name.as_deref()?;
+            let d = crate::logtail::container_dir(
+                root,
+                &attr.namespace,
+                &attr.pod_name,
+                &attr.pod_uid,
+                container,
+            )?;
+            let dumped = std::time::UNIX_EPOCH + Duration::from_secs(entry.crash.dump_time);
+            crate::logtail::pick_file(&d, dumped)
+        });
+        let cache = crate::buildid::cache_dir(self.spool.root());
+        let (a, took) =
+            sandbox::run(&settings.sandbox, entry, &dir, &cache, log_file.as_deref()).await;
+        info!(
+            state = ?a.state,
+            cause = a.cause.map(|c| c.as_str()),
+            signature = a.signature.as_deref(),
+            error = a.error.as_deref(),
+            millis = took.as_millis() as u64,
+            "core analyzed"
+        );
+        match serde_json::to_vec(&a) {
+            Ok(b) => {
+                if let Err(e) = crate::spool::write_atomic(&kept, &b) {
+                    warn!(error = %e, "keeping the analysis");
+                }
+            }
+            Err(e) => warn!(error = %e, "encoding the analysis"),
+        }
+        Some(a)
     }
 
     async fn event(

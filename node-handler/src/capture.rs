@@ -21,6 +21,8 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use sha2::{Digest, Sha256};
 use tracing::{info, warn};
 
+use crate::analysis::{ProcessModules, MODULES_FILE};
+use crate::buildid;
 use crate::cgroup;
 use crate::config::{CaptureConfig, OptOut};
 use crate::escape::escape;
@@ -203,6 +205,8 @@ pub fn run<R: Read + AsFd>(
         kargs,
         crash,
         started,
+        proc_root: opts.proc_root.clone(),
+        ns_tid: proc.as_ref().ok().and_then(|p| p.ns_tid),
     };
     if let Err(e) = ctx.spool.ensure_layout() {
         warn!(error = %e, "spool unusable; core dropped");
@@ -297,6 +301,9 @@ struct Ctx<'a> {
     kargs: &'a KernelArgs,
     crash: CrashInfo,
     started: Instant,
+    proc_root: PathBuf,
+    /// The crashing thread as its PID namespace numbers it (NT_PRSTATUS's pr_pid).
+    ns_tid: Option<i32>,
 }
 
 impl Ctx<'_> {
@@ -495,9 +502,16 @@ impl Ctx<'_> {
             zstd_workers: self.cfg.zstd_workers,
         };
         let streamed = stream_core(input, file, &limits);
+        // The kernel still holds the process (its mm, /proc/<pid>/map_files): open the
+        // files it mapped executable, and nothing slower, before letting it go.
+        let held = (streamed.is_ok() && self.cfg.binary_cache)
+            .then(|| buildid::hold(&self.proc_root, self.kargs.host_pid));
         // The whole core is read (or we give up): let the crasher go on.
         release_stdin();
         let read_millis = self.started.elapsed().as_millis() as u64;
+        if let Some(held) = held {
+            self.record_modules(&pending, held);
+        }
         let streamed = match streamed {
             Ok((s, file)) => match file.sync_all() {
                 Ok(()) => s,
@@ -554,6 +568,42 @@ impl Ctx<'_> {
                 Outcome::Stored { id }
             }
             Err(e) => self.dropped(DropReason::CaptureFailed, e.to_string(), streamed.raw),
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Build-ids and copies from the files [`buildid::hold`] opened, then
+    /// `modules.json` into the entry: best effort, a failure only costs the analysis.
+    fn record_modules(&self, pending: &crate::spool::PendingEntry, held: buildid::Held) {
+        let held_micros = held.micros;
+        let limits = buildid::CacheLimits {
+            max_total_bytes: self.cfg.build_id_cache_max_bytes,
+            max_file_bytes: self.cfg.build_id_max_file_bytes,
+        };
+        let (modules, error, copy_micros) =
+            buildid::cache_all(held, self.spool.root(), Some(&limits));
+        let pm = ProcessModules {
+            crashing_tid: self.ns_tid,
+            modules,
+            error,
+            held_micros,
+            copy_micros,
+        };
+        let written = serde_json::to_vec(&pm)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                std::fs::write(pending.dir().join(MODULES_FILE), b).map_err(|e| e.to_string())
+            });
+        match written {
+            Ok(()) => info!(
+                modules = pm.modules.len(),
+                cached = pm.modules.iter().filter(|m| m.cached).count(),
+                held_micros,
+                copy_micros,
+                "binaries recorded"
+            ),
+            Err(e) => warn!(error = %e, "writing modules.json"),
         }
     }
 }

@@ -54,6 +54,15 @@ pub struct CaptureConfig {
     /// `cgroup`). `/` unless the kubelet has `--cgroup-root` or runs nested
     /// (kind: `/kubelet.slice`).
     pub cgroup_roots: Vec<String>,
+    /// After the core is read, and before the process is let go, open the files it
+    /// mapped executable (`/proc/<pid>/map_files`) and keep them by build-id under
+    /// `<spool>/buildid` for the agent's analysis (see `buildid`). Off: no modules are
+    /// recorded and frames are not symbolized.
+    pub binary_cache: bool,
+    /// Disk the build-id cache may use; least recently used files go first.
+    pub build_id_cache_max_bytes: u64,
+    /// Larger binaries are not copied (their build-id is still recorded).
+    pub build_id_max_file_bytes: u64,
 }
 
 impl Default for CaptureConfig {
@@ -72,6 +81,9 @@ impl Default for CaptureConfig {
             max_drop_records: 10_000,
             pipe_buffer_bytes: 1 << 20,
             cgroup_roots: vec![crate::cgroup::DEFAULT_ROOT.to_string()],
+            binary_cache: true,
+            build_id_cache_max_bytes: GIB,
+            build_id_max_file_bytes: 256 << 20,
         }
     }
 }

@@ -723,6 +723,7 @@ pub async fn deliver(
     core: &Path,
     attr: &Attribution,
     node: &str,
+    analysis: Option<&coredump_openapi::types::CrashAnalysis>,
 ) -> Result<Delivered, DeliverError> {
     // The server checks Content-Length against spec.storedSize; a file
     // that disagrees with its metadata can never be delivered.
@@ -745,7 +746,9 @@ pub async fn deliver(
     while attempt < MAX_NAMES && rounds < 3 * MAX_NAMES {
         rounds += 1;
         let name = coredump_name(&attr.pod_name, node, &entry.id, &entry.sha256, attempt);
-        let cd = build_coredump(entry, attr, node, &name);
+        let mut cd = build_coredump(entry, attr, node, &name);
+        // Computed on the node before the upload: Rejected cores carry it too.
+        cd.spec.analysis = analysis.cloned();
         let errors = validate_coredump(&cd);
         if !errors.is_empty() {
             let list: Vec<String> = errors.iter().map(ToString::to_string).collect();

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use coredump_node_handler::agent::{self, AgentOptions, InstallSettings};
+use coredump_node_handler::agent::{self, AgentOptions, AnalysisSettings, InstallSettings};
+use coredump_node_handler::analysis::sandbox::SandboxOptions;
 use coredump_node_handler::capture::{self, CaptureOptions, KernelArgs, Outcome, Overrides};
 use coredump_node_handler::config::CaptureConfig;
 use coredump_node_handler::deliver::ServerOptions;
@@ -43,6 +44,22 @@ enum Cmd {
     /// The node agent (DaemonSet): install the handler, keep optout.json
     /// current, deliver spooled cores to the server.
     Agent(Box<AgentCmd>),
+    /// Analyze one spooled core and print the analysis as JSON. The agent runs
+    /// it as a child with a time and memory limit: its input is hostile.
+    Analyze(AnalyzeCmd),
+}
+
+#[derive(clap::Args)]
+struct AnalyzeCmd {
+    /// The spool entry (`<spool>/cores/<id>`).
+    #[arg(long)]
+    entry_dir: PathBuf,
+    /// The build-id cache (`<spool>/buildid`).
+    #[arg(long)]
+    cache_dir: PathBuf,
+    /// The crashed container's CRI log file, for the log tail.
+    #[arg(long)]
+    log_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +221,28 @@ struct AgentCmd {
     #[arg(long = "cgroup-root", env = "COREDUMP_CGROUP_ROOTS", value_delimiter = ',',
           value_parser = cgroup_root)]
     cgroup_roots: Vec<String>,
+    /// Do not analyze cores (no spec.analysis: no signature, cause or crash group).
+    #[arg(long, env = "COREDUMP_NO_ANALYSIS")]
+    no_analysis: bool,
+    /// Time limit of one core's analysis (the child is killed after it).
+    #[arg(long, env = "COREDUMP_ANALYSIS_TIMEOUT", default_value = "10s", value_parser = duration)]
+    analysis_timeout: Duration,
+    /// Address-space limit (RLIMIT_AS) of the analysis child.
+    #[arg(long, env = "COREDUMP_ANALYSIS_MEMORY", default_value = "1Gi", value_parser = bytes)]
+    analysis_memory: u64,
+    /// Do not read the crashed container's log tail from the kubelet's logs.
+    #[arg(long, env = "COREDUMP_NO_LOG_TAIL")]
+    no_log_tail: bool,
+    /// Where the kubelet keeps container logs.
+    #[arg(long, env = "COREDUMP_POD_LOG_ROOT", default_value = coredump_node_handler::logtail::DEFAULT_ROOT)]
+    pod_log_root: PathBuf,
+    /// capture.json: do not open and cache the crashed process's binaries
+    /// (frames are then not symbolized).
+    #[arg(long, env = "COREDUMP_NO_BINARY_CACHE")]
+    no_binary_cache: bool,
+    /// capture.json: disk the build-id cache may use.
+    #[arg(long, env = "COREDUMP_BUILD_ID_CACHE_MAX_BYTES", value_parser = bytes)]
+    build_id_cache_max_bytes: Option<u64>,
 }
 
 fn cgroup_root(s: &str) -> Result<String, String> {
@@ -266,7 +305,19 @@ fn main() -> anyhow::Result<()> {
             init_stderr_logging();
             run_agent(*c)
         }
+        Cmd::Analyze(c) => run_analyze(c),
     }
+}
+
+fn run_analyze(c: AnalyzeCmd) -> anyhow::Result<()> {
+    use coredump_node_handler::analysis;
+    let input = analysis::sandbox::input_for(&c.entry_dir, &c.cache_dir, c.log_file.as_deref())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let a = analysis::analyze(&input);
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer(&mut out, &a)?;
+    out.flush()?;
+    Ok(())
 }
 
 fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
@@ -302,6 +353,10 @@ fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
     if !c.cgroup_roots.is_empty() {
         capture.cgroup_roots = c.cgroup_roots;
     }
+    capture.binary_cache = !c.no_binary_cache;
+    if let Some(v) = c.build_id_cache_max_bytes {
+        capture.build_id_cache_max_bytes = v;
+    }
     let opts = AgentOptions {
         node_name: c.node_name,
         spool: c.spool,
@@ -323,6 +378,14 @@ fn run_agent(c: AgentCmd) -> anyhow::Result<()> {
         pod_wait: c.pod_wait,
         max_backoff: c.max_backoff,
         capture,
+        analysis: (!c.no_analysis).then(|| AnalysisSettings {
+            sandbox: SandboxOptions {
+                timeout: c.analysis_timeout,
+                memory_bytes: c.analysis_memory,
+                ..SandboxOptions::default()
+            },
+            log_root: (!c.no_log_tail).then_some(c.pod_log_root),
+        }),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

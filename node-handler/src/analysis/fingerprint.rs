@@ -252,6 +252,8 @@ pub fn normalize(name: &str) -> String {
     }
     // ELF clone suffixes: foo.cold, foo.isra.0, foo.part.1, foo.constprop.0, foo.llvm.123.
     for suffix in [
+        ".abi0",
+        ".abiinternal",
         ".cold",
         ".isra",
         ".part",

@@ -204,14 +204,30 @@ pub fn analyze(input: &Input) -> CrashAnalysis {
             core.memory.merge(more);
             u = unwind::unwind(&space, &core.memory, unwind::dwarf_regs(&th.regs), &ulimits);
         }
-        if let Some(s) = &u.stopped {
+        crash_frames = u.frames;
+        let mut frames: Vec<StackFrame> = Vec::with_capacity(crash_frames.len());
+        for raw in crash_frames.iter_mut() {
+            // Go's injected call to runtime.sigpanic and a signal handler's return
+            // both "return" to the interrupted instruction itself, which may be its
+            // function's first: look that address up, not the one before it.
+            if let Some(prev) = frames
+                .last()
+                .and_then(|f: &StackFrame| f.function.as_deref())
+            {
+                if interrupts(&fingerprint::normalize(prev)) {
+                    raw.lookup = raw.pc;
+                }
+            }
+            frames.push(symbolize_frame(&space, raw));
+        }
+        // Stopping right after a thread's base is the walk's normal end.
+        let at_base = frames
+            .last()
+            .and_then(|f| f.function.as_deref())
+            .is_some_and(|f| fingerprint::is_thread_base(&fingerprint::normalize(f)));
+        if let Some(s) = u.stopped.as_ref().filter(|_| !at_base) {
             problems.push(format!("unwinding stopped: {s}"));
         }
-        crash_frames = u.frames;
-        let frames: Vec<StackFrame> = crash_frames
-            .iter()
-            .map(|f| symbolize_frame(&space, f))
-            .collect();
         a.crashing_thread = Some(ThreadTrace {
             tid: i64::from(th.tid),
             name: core
@@ -448,6 +464,14 @@ fn symbolize_frame(space: &AddressSpace, f: &RawFrame) -> StackFrame {
         out.function.as_deref(),
     ));
     out
+}
+
+/// Frames whose caller's "return address" is the interrupted instruction.
+fn interrupts(name: &str) -> bool {
+    name == "runtime.sigpanic"
+        || name.starts_with("runtime.sigtramp")
+        || name.starts_with("runtime.sigreturn")
+        || name == "__restore_rt"
 }
 
 /// `function (module+0xoff)`.
