@@ -145,7 +145,10 @@ pub async fn run(
         use std::os::unix::process::ExitStatusExt;
         let how = match status.signal() {
             Some(9) => format!("killed (signal 9; CPU limit {cpu}s)"),
-            Some(s) => format!("died of signal {s}"),
+            Some(s) => format!(
+                "died of signal {s} (limits: {} MiB, {cpu} s of CPU)",
+                mem >> 20
+            ),
             None => format!("exited with {}", status.code().unwrap_or(-1)),
         };
         let mut msg = format!("analysis {how}");
