@@ -344,6 +344,12 @@ fn c_with_and_without_debug_info_and_stripped() {
     assert!(top.line.is_some(), "{top:?}");
     assert_eq!(a.signature.as_deref(), Some("parse_header"));
     let pm: ProcessModules = analysis::read_modules(&dir).expect("modules.json");
+    eprintln!(
+        "process held {} us longer (maps + {} opens); build-ids and copies after release: {} us",
+        pm.held_micros,
+        pm.modules.len(),
+        pm.copy_micros
+    );
     assert!(
         pm.modules
             .iter()
