@@ -41,7 +41,7 @@ msrv:
 	python3 .ci/msrv.py
 
 doc:
-	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --no-deps -p coredump-openapi -p coredump-apiserver -p kubectl-coredump -p coredump-integration
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 unit-and-integration:
 	$(CARGO) test --workspace

@@ -1,5 +1,5 @@
 //! `capture`: run by the kernel for every core dump (see `pattern` for the
-//! arguments). Reads /proc/<pid> first, decides, then streams the core from
+//! arguments). Reads `/proc/<pid>` first, decides, then streams the core from
 //! stdin through SHA-256 and zstd into the spool. Never touches the network.
 //!
 //! Each decision not to store ends in a [`DropRecord`]; each stored core in a
@@ -695,6 +695,7 @@ fn borrow_pidfd(fd: i32) -> Option<BorrowedFd<'static>> {
     Some(unsafe_borrow(fd))
 }
 
+#[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
 fn unsafe_borrow(fd: i32) -> BorrowedFd<'static> {
     // SAFETY: only used for fds the kernel opened for this process before
     // main (0-2 and the %F pidfd), which nothing closes while we run.
@@ -703,6 +704,7 @@ fn unsafe_borrow(fd: i32) -> BorrowedFd<'static> {
 
 /// Makes sure fds 0-2 are open: the kernel starts the handler with only
 /// stdin, and a file opened later must not land on fd 1 or 2.
+#[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
 pub fn ensure_std_fds() {
     for fd in 0..=2 {
         if fcntl(unsafe_borrow(fd), FcntlArg::F_GETFD).is_err() {
@@ -722,6 +724,7 @@ pub fn ensure_std_fds() {
 
 /// Replaces stdin with /dev/null: the kernel waits for the pipe's reader to
 /// go away before it lets the crashing process finish.
+#[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
 pub fn release_stdin() {
     if let Ok(null) = File::open("/dev/null") {
         // SAFETY: dup2 onto fd 0, which we own for the process lifetime.

@@ -21,7 +21,7 @@ pub const CORE_PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
 /// Everything that changes core_pattern on this node (tests of any crate,
 /// scripts) takes this lock first: the setting is global.
 pub const PATTERN_LOCK_PATH: &str = "/run/coredump-detector-core-pattern.lock";
-/// Concurrent piped dumps; >0 also makes the kernel keep /proc/<pid> until
+/// Concurrent piped dumps; >0 also makes the kernel keep `/proc/<pid>` until
 /// the handler is done.
 pub const DEFAULT_PIPE_LIMIT: u32 = 16;
 

@@ -210,6 +210,7 @@ pub fn parse_last_cpu(stat: &str) -> Option<u32> {
 
 /// True when `fd` is a pidfd of the still existing process `pid`: its fdinfo
 /// names that PID and signal 0 can be sent through it.
+#[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
 fn pidfd_is(fd: BorrowedFd<'_>, pid: i32) -> bool {
     let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
     let Ok(text) = std::fs::read_to_string(fdinfo) else {

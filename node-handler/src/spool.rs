@@ -99,7 +99,7 @@ pub struct CrashInfo {
     pub container_runtime: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos_class: Option<QosClass>,
-    /// True when /proc/<pid> was shown to belong to the crasher (pidfd from
+    /// True when `/proc/<pid>` was shown to belong to the crasher (pidfd from
     /// `%F`, or `CoreDumping: 1` in its status), so PID reuse is excluded.
     pub proc_verified: bool,
 }
@@ -163,9 +163,9 @@ pub enum DropReason {
     RlimitBelowPage,
     /// Not in a pod; handed to the previous pipe handler or dropped.
     NotAContainer,
-    /// /proc/<pid> could not be read, so the crash cannot be attributed.
+    /// `/proc/<pid>` could not be read, so the crash cannot be attributed.
     ProcUnavailable,
-    /// /proc/<pid> names a pod, but could not be shown to be the crasher's
+    /// `/proc/<pid>` names a pod, but could not be shown to be the crasher's
     /// (it exited during the dump, or its PID was reused): not filed under
     /// a pod it may not belong to.
     ProcUnverified,

@@ -25,6 +25,7 @@ pub struct Wakeup(AsyncFd<Fd>);
 
 impl Wakeup {
     /// Watches `dir` for entries moved into it. Needs a tokio runtime.
+    #[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
     pub fn new(dir: &Path) -> Result<Self, std::io::Error> {
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?;
         inotify.add_watch(dir, AddWatchFlags::IN_MOVED_TO)?;

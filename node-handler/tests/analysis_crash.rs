@@ -4,6 +4,9 @@
 //! what `gdb -batch -ex bt` says of the same core. Needs root, like tests/real_crash.rs;
 //! a missing tool skips the test that needs it (with the reason printed).
 
+// A test crate: a panic is the failure report, and libc calls set up the crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;

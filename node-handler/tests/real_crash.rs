@@ -6,6 +6,9 @@
 //! `install::PatternLock` while they run, so they serialize among
 //! themselves and with any other test that takes the same lock.
 
+// A test crate: a panic is the failure report, and libc calls set up the crashes.
+#![allow(clippy::unwrap_used, clippy::expect_used, unsafe_code)]
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Read;

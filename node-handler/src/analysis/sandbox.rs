@@ -53,6 +53,7 @@ pub fn failed(entry: &SpoolEntry, error: String, log_tail: Option<String>) -> Cr
 }
 
 /// Runs the child for one entry and returns its analysis (or a Failed one).
+#[allow(unsafe_code)] // FFI: see the SAFETY comment at the unsafe block
 pub async fn run(
     opts: &SandboxOptions,
     entry: &SpoolEntry,
