@@ -22,6 +22,7 @@ use coredump_integration::process::wait_for;
 use coredump_integration::realnode::{
     self, RealNode, CRASHER_GO_IMAGE, CRASHER_IMAGE, CRASHER_MT_IMAGE, NODE_NAME,
 };
+use coredump_node_handler::install::PatternLock;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -575,4 +576,338 @@ fn core_waits_in_the_spool_while_the_server_pod_is_replaced() {
     let cds = stored(s, &ns, 1);
     assert_eq!(cds[0]["spec"]["podName"], "crasher");
     realnode::wait_installed(&s.kubectl, WAIT).expect("the add-on is back");
+}
+
+const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
+const CORE_PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
+/// The agent's spool on the host (deploy/base/node-agent.yaml).
+const HOST_SPOOL: &str = "/var/lib/coredump-detector/spool";
+
+fn sysctl(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .expect("read sysctl")
+        .trim_end_matches('\n')
+        .to_string()
+}
+
+/// Writes core_pattern and core_pipe_limit under the node handler's core_pattern lock
+/// (free only while no agent runs).
+fn set_pattern(pattern: &str, pipe_limit: &str) {
+    try_set_pattern(pattern, pipe_limit).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(sysctl(CORE_PATTERN), pattern);
+    assert_eq!(sysctl(CORE_PIPE_LIMIT), pipe_limit);
+}
+
+fn try_set_pattern(pattern: &str, pipe_limit: &str) -> Result<(), String> {
+    let _lock = PatternLock::acquire().map_err(|e| format!("pattern lock: {e}"))?;
+    std::fs::write(CORE_PIPE_LIMIT, format!("{pipe_limit}\n"))
+        .map_err(|e| format!("write core_pipe_limit: {e}"))?;
+    std::fs::write(CORE_PATTERN, format!("{pattern}\n"))
+        .map_err(|e| format!("write core_pattern: {e}"))
+}
+
+/// What the running agent saved as the node's previous core_pattern.
+fn saved_previous() -> coredump_node_handler::install::InstallState {
+    coredump_node_handler::install::InstallState::load(&coredump_node_handler::spool::Spool::new(
+        HOST_SPOOL,
+    ))
+    .expect("read install.json")
+    .expect("install.json present while the agent runs")
+}
+
+/// `kubectl delete -k` of the overlay, waiting until everything is gone (so the agent's
+/// preStop hook and its own shutdown have run).
+fn uninstall(s: &Shared) -> Result<(), coredump_integration::Error> {
+    s.kubectl.ok(&[
+        "delete",
+        "-k",
+        realnode::OVERLAY,
+        "--ignore-not-found",
+        "--timeout=240s",
+    ])?;
+    // The server's claim went with the namespace; the PV (which an admin creates
+    // separately, deploy/overlays/local/local-pv.yaml) is Released: the admin recreates it.
+    s.kubectl.ok(&[
+        "delete",
+        "pv",
+        "coredump-apiserver-data",
+        "--ignore-not-found",
+        "--timeout=240s",
+    ])?;
+    Ok(())
+}
+
+fn reinstall() -> Result<(), coredump_integration::Error> {
+    let node = NODE.lock().unwrap_or_else(|e| e.into_inner());
+    match node.as_ref() {
+        Some(n) => n.install_addon(),
+        None => Err(coredump_integration::Error::Setup("no node".into())),
+    }
+}
+
+/// Puts the machine's original core_pattern and core_pipe_limit back and the add-on
+/// installed (for the other tests) if the test that changed them did not finish.
+struct MachinePattern {
+    pattern: String,
+    pipe_limit: String,
+    done: bool,
+}
+
+impl Drop for MachinePattern {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let Some(s) = shared() else { return };
+        if let Err(e) = uninstall(s) {
+            eprintln!("recovery: uninstalling: {e}");
+        }
+        let pattern = std::fs::read_to_string(CORE_PATTERN).unwrap_or_default();
+        // Still ours: an agent did not let go; the node's teardown restores the original.
+        if !pattern.starts_with(realnode::HANDLER_PATTERN_PREFIX) {
+            if let Err(e) = try_set_pattern(&self.pattern, &self.pipe_limit) {
+                eprintln!("recovery: {e}");
+            }
+        }
+        if let Err(e) = reinstall() {
+            eprintln!("recovery: reinstalling the add-on: {e}");
+        }
+    }
+}
+
+fn crash_pod_and_wait_stored(s: &Shared, prefix: &str) -> (String, Vec<Value>) {
+    let ns = namespace(s, prefix, json!({}));
+    pod(
+        s,
+        &ns,
+        "crasher",
+        json!({"restartPolicy": "Never",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    let cds = stored(s, &ns, 1);
+    assert_eq!(cds[0]["spec"]["podName"], "crasher", "{}", cds[0]);
+    (ns, cds)
+}
+
+/// A DaemonSet rolling update replaces the node's agent pod; on one node with
+/// `maxUnavailable: 1` (deploy/base/node-agent.yaml) the old pod goes first, and its
+/// preStop hook (`restore-pattern`, install::restore) puts the saved previous pattern
+/// back before the new agent exists. The guarantee the design gives, asserted here:
+/// core_pattern only ever holds our handler or the node's previous pattern (never
+/// another value, never our pattern saved as the previous one), the previous pattern at
+/// most once, in one stretch between the old agent's exit and the new one's install, and
+/// our pattern again, with the same previous pattern saved, once the new agent is
+/// Ready; crashes after the restart are stored.
+#[test]
+fn rollout_restart_of_the_agent_keeps_the_pattern_installed() {
+    let Some(s) = shared() else { return };
+    let _g = write();
+    realnode::wait_installed(&s.kubectl, WAIT).expect("the add-on is installed");
+    let ours = sysctl(CORE_PATTERN);
+    assert!(ours.starts_with(realnode::HANDLER_PATTERN_PREFIX), "{ours}");
+    let previous = saved_previous();
+    assert_eq!(previous.installed_pattern, ours);
+    assert!(
+        !previous
+            .previous_pattern
+            .starts_with(realnode::HANDLER_PATTERN_PREFIX),
+        "{previous:?}"
+    );
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Runs of equal samples: (value, count).
+            let mut runs: Vec<(String, usize)> = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let v = sysctl(CORE_PATTERN);
+                match runs.last_mut() {
+                    Some((last, n)) if *last == v => *n += 1,
+                    _ => runs.push((v, 1)),
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            runs
+        })
+    };
+    let restarted = (|| {
+        s.kubectl.ok(&[
+            "-n",
+            "coredump-system",
+            "rollout",
+            "restart",
+            "daemonset/coredump-node-agent",
+        ])?;
+        realnode::wait_installed(&s.kubectl, WAIT)
+    })();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let runs = sampler.join().expect("sampler");
+    restarted.expect("the restarted agent is installed");
+
+    // A read racing the kernel's (unlocked) copy of a new value may see a mix of the two:
+    // a single sample that is neither value is ignored. While no agent holds the
+    // core_pattern lock, a test of another binary (node-handler's, `make test` runs them
+    // side by side) may take it and install its own handler, putting the previous
+    // pattern back before it lets go: counted as the previous pattern.
+    let foreign = |v: &str| v != ours && v.starts_with('|') && v.contains(" capture ");
+    let mut seq: Vec<(String, usize)> = Vec::new();
+    for (v, n) in runs.iter().cloned() {
+        if n == 1 && v != ours && v != previous.previous_pattern {
+            continue;
+        }
+        let v = if foreign(&v) {
+            eprintln!("another handler owned core_pattern for {n} samples: {v}");
+            previous.previous_pattern.clone()
+        } else {
+            v
+        };
+        match seq.last_mut() {
+            Some((last, m)) if *last == v => *m += n,
+            _ => seq.push((v, n)),
+        }
+    }
+    let values: Vec<&str> = seq.iter().map(|(v, _)| v.as_str()).collect();
+    let samples: usize = runs.iter().map(|(_, n)| n).sum();
+    eprintln!("core_pattern during the restart ({samples} samples): {seq:?}");
+    assert!(
+        values == [ours.as_str()]
+            || values == [ours.as_str(), previous.previous_pattern.as_str(), &ours],
+        "core_pattern during the restart: {seq:?}"
+    );
+    assert_eq!(sysctl(CORE_PATTERN), ours);
+    let after = saved_previous();
+    assert_eq!(after.previous_pattern, previous.previous_pattern);
+    assert_eq!(after.previous_pipe_limit, previous.previous_pipe_limit);
+    crash_pod_and_wait_stored(s, "restarted");
+}
+
+/// `kubectl delete -k` restores what the agent found exactly (core_pattern and
+/// core_pipe_limit), and while the add-on is installed a crash outside any pod goes to
+/// that previous pattern (a pipe to a script here) and makes no Coredump. The add-on is
+/// uninstalled (back to the machine's values), installed over distinctive values,
+/// uninstalled again (back to them), and finally installed over the machine's values
+/// again for the other tests.
+#[test]
+fn uninstall_restores_the_previous_pattern_which_gets_host_crashes() {
+    let Some(s) = shared() else { return };
+    let _g = write();
+    realnode::wait_installed(&s.kubectl, WAIT).expect("the add-on is installed");
+    // What the agent found when it installed (this machine's values).
+    let found = saved_previous();
+    let mut guard = MachinePattern {
+        pattern: found.previous_pattern.clone(),
+        pipe_limit: found.previous_pipe_limit.to_string(),
+        done: false,
+    };
+
+    // 1. Uninstall: the machine's values, exactly. Checked under the core_pattern lock:
+    // another binary's test may own the pattern for a while once the agent has let go,
+    // and puts it back before it releases the lock.
+    uninstall(s).expect("kubectl delete -k");
+    {
+        let _lock = PatternLock::acquire().expect("pattern lock");
+        assert_eq!(sysctl(CORE_PATTERN), guard.pattern);
+        assert_eq!(sysctl(CORE_PIPE_LIMIT), guard.pipe_limit);
+    }
+
+    // 2. A previous handler of our own: a pipe to a script that records its arguments
+    // and the core's size.
+    let dir = tempfile::Builder::new()
+        .prefix("cdrn-prev")
+        .tempdir_in("/tmp")
+        .expect("tempdir");
+    let marker = dir.path().join("marker");
+    let script = dir.path().join("prev.sh");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nn=$(wc -c)\necho \"$1 $2 $n\" > {m}.tmp && mv {m}.tmp {m}\n",
+            m = marker.display()
+        ),
+    )
+    .expect("write prev.sh");
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod prev.sh");
+    let prev_pattern = format!("|{} %P %s", script.display());
+    let prev_limit = if guard.pipe_limit == "5" { "7" } else { "5" };
+    set_pattern(&prev_pattern, prev_limit);
+
+    // 3. Installed over it.
+    reinstall().expect("install the add-on again");
+    assert!(sysctl(CORE_PATTERN).starts_with(realnode::HANDLER_PATTERN_PREFIX));
+    assert_eq!(saved_previous().previous_pattern, prev_pattern);
+    let before: std::collections::BTreeSet<String> =
+        list(s, &["get", "coredumps", "-A", "-o", "json"])
+            .iter()
+            .map(|cd| format!("{}/{}", cd["metadata"]["namespace"], cd["metadata"]["name"]))
+            .collect();
+
+    // 4. A host process (the test's own cgroup, no pod's) crashes.
+    let mut crasher = Command::new(s.bins.join("crasher"));
+    crasher.arg("segv");
+    // SAFETY: setrlimit only, between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut crasher, || {
+            let unlimited = libc::rlimit {
+                rlim_cur: libc::RLIM_INFINITY,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            if libc::setrlimit(libc::RLIMIT_CORE, &unlimited) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = crasher.spawn().expect("start the host crasher");
+    let pid = child.id();
+    let status = child
+        .wait_with_output()
+        .expect("wait for the crasher")
+        .status;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(11),
+        "{status:?}"
+    );
+    assert!(
+        std::os::unix::process::ExitStatusExt::core_dumped(&status),
+        "{status:?}"
+    );
+    let got = wait_for("the previous handler to get the core", WAIT, || {
+        Ok(std::fs::read_to_string(&marker).ok())
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let fields: Vec<&str> = got.split_whitespace().collect();
+    assert_eq!(fields.len(), 3, "{got}");
+    assert_eq!(fields[0], pid.to_string(), "{got}");
+    assert_eq!(fields[1], "11", "{got}");
+    assert!(
+        fields[2].parse::<u64>().is_ok_and(|n| n > 4096),
+        "core size: {got}"
+    );
+    // A pod's crash after it is stored: the host crash would have been by then.
+    let (ns, _) = crash_pod_and_wait_stored(s, "afterhost");
+    let new: Vec<String> = list(s, &["get", "coredumps", "-A", "-o", "json"])
+        .iter()
+        .map(|cd| format!("{}/{}", cd["metadata"]["namespace"], cd["metadata"]["name"]))
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert_eq!(new.len(), 1, "only the pod's crash is a Coredump: {new:?}");
+    assert!(new[0].starts_with(&format!("\"{ns}\"/")), "{new:?}");
+
+    // 5. Uninstall: exactly the values it was installed over.
+    uninstall(s).expect("kubectl delete -k");
+    {
+        let _lock = PatternLock::acquire().expect("pattern lock");
+        assert_eq!(sysctl(CORE_PATTERN), prev_pattern);
+        assert_eq!(sysctl(CORE_PIPE_LIMIT), prev_limit);
+    }
+
+    // 6. The machine's values back, and the add-on over them for the other tests.
+    set_pattern(&guard.pattern, &guard.pipe_limit);
+    reinstall().expect("install the add-on again");
+    assert_eq!(saved_previous().previous_pattern, guard.pattern);
+    guard.done = true;
 }
