@@ -202,6 +202,13 @@ fn make_up_then_demo_twice_then_down() {
         assert_eq!(cd["spec"]["podName"], "crasher");
         assert_eq!(cd["spec"]["containerName"], "app");
         assert_eq!(cd["spec"]["signalName"], "SIGSEGV");
+        // Why it crashed, read on the node before upload (#14).
+        assert_eq!(
+            cd["spec"]["analysis"]["signature"], "crash_here_in_known_function",
+            "{}",
+            cd["spec"]["analysis"]
+        );
+        assert_eq!(cd["spec"]["analysis"]["cause"], "NullPointerDereference");
         let core = kubectl(&[
             "get",
             "--raw",
@@ -214,6 +221,19 @@ fn make_up_then_demo_twice_then_down() {
             "{name}"
         );
     }
+    // `kubectl get coredumps -n demo` shows the function and cause without a download,
+    // and the demo's crashes are one group.
+    let table = kubectl(&["get", "coredumps", "-n", "demo"]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    assert!(
+        table.contains("crash_here_in_known_function") && table.contains("NullPointerDereference"),
+        "{table}"
+    );
+    let groups = kubectl(&["get", "crashgroups", "-n", "demo", "-o", "json"]);
+    let groups: Value = serde_json::from_slice(&groups.stdout).expect("json");
+    let groups = groups["items"].as_array().expect("items");
+    assert_eq!(groups.len(), 1, "{groups:#?}");
+    assert_eq!(groups[0]["status"]["count"], 2);
     let events = kubectl(&[
         "get",
         "events",
