@@ -262,6 +262,22 @@ mod tests {
         }
     }
 
+    /// The stored core of `name`, as text.
+    fn stored(blobs: &FsBlobs, name: &str) -> String {
+        let mut s = String::new();
+        blobs
+            .open(&key(name))
+            .expect("open")
+            .read_to_string(&mut s)
+            .expect("read");
+        s
+    }
+
+    /// Partial writes left in `.tmp`.
+    fn tmp_files(root: &Path) -> usize {
+        fs::read_dir(root.join(".tmp")).expect("tmp").count()
+    }
+
     #[test]
     fn blobs_are_invisible_until_committed_and_dropped_writers_leave_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -271,25 +287,16 @@ mod tests {
         assert!(matches!(blobs.open(&key("a")), Err(BlobError::NotFound(_))));
         drop(w);
         assert!(blobs.list().expect("list").is_empty());
-        assert_eq!(
-            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
-            0
-        );
+        assert_eq!(tmp_files(dir.path()), 0);
 
         let mut w = blobs.create(&key("a")).expect("create");
         w.write_all(b"whole core").expect("write");
         w.commit().expect("commit");
-        let mut s = String::new();
-        blobs
-            .open(&key("a"))
-            .expect("open")
-            .read_to_string(&mut s)
-            .expect("read");
-        assert_eq!(s, "whole core");
+        assert_eq!(stored(&blobs, "a"), "whole core");
         assert_eq!(blobs.size(&key("a")).expect("size"), 10);
         assert_eq!(blobs.list().expect("list"), [key("a")]);
         assert_eq!(
-            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
+            tmp_files(dir.path()),
             0,
             "the temporary name is gone after commit"
         );
@@ -298,17 +305,12 @@ mod tests {
         let mut w = blobs.create(&key("a")).expect("create");
         w.write_all(b"other").expect("write");
         assert!(matches!(w.commit(), Err(BlobError::Exists(_))));
-        let mut s = String::new();
-        blobs
-            .open(&key("a"))
-            .expect("open")
-            .read_to_string(&mut s)
-            .expect("read");
-        assert_eq!(s, "whole core", "the first core is intact");
         assert_eq!(
-            fs::read_dir(dir.path().join(".tmp")).expect("tmp").count(),
-            0
+            stored(&blobs, "a"),
+            "whole core",
+            "the first core is intact"
         );
+        assert_eq!(tmp_files(dir.path()), 0);
         blobs.delete(&key("a")).expect("delete");
         blobs.delete(&key("a")).expect("delete twice is fine");
         assert!(blobs.list().expect("list").is_empty());
