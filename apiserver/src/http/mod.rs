@@ -76,10 +76,10 @@ async fn context(State(state): State<AppState>, mut req: Request, next: Next) ->
     };
     // A selector's name is what authorization sees (kube-apiserver's RequestInfo);
     // a selector that does not parse names nothing, and the handler answers 400.
-    let selector = query
-        .get("fieldSelector")
-        .and_then(|s| FieldSelector::parse_syntax(s).ok());
-    let field_name = selector.as_ref().and_then(FieldSelector::pinned_name);
+    let field_name = query
+        .field_selector()
+        .ok()
+        .and_then(FieldSelector::pinned_name);
     let info = RequestInfo::parse(req.method(), req.uri().path(), watch, field_name);
     let span = tracing::info_span!(
         "request",

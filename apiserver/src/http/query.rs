@@ -9,12 +9,49 @@
 use std::collections::BTreeMap;
 
 use crate::error::ApiError;
+use crate::registry::FieldSelector;
 
 /// Longest query string accepted; kube-apiserver's clients never come near it.
 pub const MAX_QUERY: usize = 64 * 1024;
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Query(BTreeMap<String, String>);
+#[derive(Clone, Debug)]
+pub struct Query {
+    params: BTreeMap<String, String>,
+    /// `fieldSelector`, parsed once: authorization reads the name it pins, the handler
+    /// checks its fields against the kind (see [`FieldSelector::check_fields`]).
+    fields: Result<FieldSelector, ApiError>,
+}
+
+impl Query {
+    fn new(params: BTreeMap<String, String>) -> Self {
+        let fields = FieldSelector::parse_syntax(
+            params
+                .get("fieldSelector")
+                .map(String::as_str)
+                .unwrap_or_default(),
+        );
+        Self { params, fields }
+    }
+
+    /// The parsed `fieldSelector` (empty when absent), or why it does not parse.
+    pub fn field_selector(&self) -> Result<&FieldSelector, ApiError> {
+        self.fields.as_ref().map_err(Clone::clone)
+    }
+}
+
+impl Default for Query {
+    fn default() -> Self {
+        Self::new(BTreeMap::new())
+    }
+}
+
+// The selector is derived from the parameters: equal parameters, equal queries.
+impl PartialEq for Query {
+    fn eq(&self, other: &Self) -> bool {
+        self.params == other.params
+    }
+}
+impl Eq for Query {}
 
 impl Query {
     pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
@@ -40,23 +77,23 @@ impl Query {
                 }
             }
         }
-        Ok(Self(map))
+        Ok(Self::new(map))
     }
 
     pub fn get(&self, key: &str) -> Option<&String> {
-        self.0.get(key)
+        self.params.get(key)
     }
 
     /// The value, treating an empty one as absent (as kube-apiserver's decoders do).
     pub fn non_empty(&self, key: &str) -> Option<&str> {
-        self.0
+        self.params
             .get(key)
             .map(String::as_str)
             .filter(|s| !s.is_empty())
     }
 
     pub fn contains_key(&self, key: &str) -> bool {
-        self.0.contains_key(key)
+        self.params.contains_key(key)
     }
 
     /// A boolean parameter with Go's `strconv.ParseBool` spellings; absent or empty is
@@ -75,7 +112,7 @@ impl Query {
 
 impl FromIterator<(String, String)> for Query {
     fn from_iter<I: IntoIterator<Item = (String, String)>>(iter: I) -> Self {
-        Self(iter.into_iter().collect())
+        Self::new(iter.into_iter().collect())
     }
 }
 
@@ -111,7 +148,7 @@ mod tests {
         fn any_query_parses_or_is_refused(raw in ".{0,200}") {
             if let Ok(q) = Query::parse(Some(&raw)) {
                 let encoded: String = url::form_urlencoded::Serializer::new(String::new())
-                    .extend_pairs(q.0.iter())
+                    .extend_pairs(q.params.iter())
                     .finish();
                 prop_assert_eq!(Query::parse(Some(&encoded)).expect("re-parse"), q);
             }

@@ -19,8 +19,8 @@ use crate::auth::UserInfo;
 use crate::error::ApiError;
 use crate::noderestriction::{node_of, NodeRestriction};
 use crate::registry::{
-    self, Ctx, FieldSelector, FieldValidation, Kind, LabelSelector, ListOptions, PatchType,
-    Preconditions, Registry, WriteOpts,
+    self, Ctx, FieldValidation, Kind, LabelSelector, ListOptions, PatchType, Preconditions,
+    Registry, WriteOpts,
 };
 
 /// Largest JSON body accepted (kube-apiserver's limit is 3 MiB).
@@ -287,13 +287,13 @@ pub fn list_options(kind: &Arc<dyn Kind>, q: &Query) -> Result<ListOptions, ApiE
                 .map(String::as_str)
                 .unwrap_or_default(),
         )?,
-        field: FieldSelector::parse(
-            q.get("fieldSelector")
-                .map(String::as_str)
-                .unwrap_or_default(),
-            &fields,
-            kind.info().kind,
-        )?,
+        field: {
+            // Parsed with the query (authorization saw the same); checked against the
+            // kind's fields here.
+            let field = q.field_selector()?.clone();
+            field.check_fields(&fields, kind.info().kind)?;
+            field
+        },
         limit: match q.get("limit").filter(|s| !s.is_empty()) {
             Some(l) => Some(
                 l.parse()

@@ -339,7 +339,14 @@ impl FieldSelector {
     /// unsupported field is a 400 "field label not supported").
     pub fn parse(s: &str, supported: &[&str], kind: &str) -> Result<Self, ApiError> {
         let sel = Self::parse_syntax(s)?;
-        for (field, _, _) in &sel.0 {
+        sel.check_fields(supported, kind)?;
+        Ok(sel)
+    }
+
+    /// Every field must be one the kind supports (kube-apiserver's 400 "field label not
+    /// supported" otherwise).
+    pub fn check_fields(&self, supported: &[&str], kind: &str) -> Result<(), ApiError> {
+        for (field, _, _) in &self.0 {
             if !supported.contains(&field.as_str()) {
                 return Err(ApiError::bad_request(format!(
                     "\"{field}\" is not a known field selector: only {}",
@@ -354,7 +361,7 @@ impl FieldSelector {
                 )));
             }
         }
-        Ok(sel)
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
