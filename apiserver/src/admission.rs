@@ -330,18 +330,22 @@ impl Admission for QuotaAdmission {
         Ok(())
     }
 
-    fn committed(&self, events: &[Arc<Event>]) {
-        for ev in events {
-            if ev.kind == EventType::Deleted && ev.key.resource == COREDUMP.plural {
-                if let Some(key) = blob_key(&ev.object) {
-                    // The object is gone for good; its file follows. A failure here leaves
-                    // an orphan that the start-up sweep removes.
-                    if let Err(e) = self.blobs.delete(&key) {
-                        tracing::warn!(%key, error = %e, "removing the core of a deleted coredump");
-                    }
+    fn finish(&self, events: &[Arc<Event>]) -> futures::future::BoxFuture<'static, ()> {
+        // The objects are gone for good; their cores follow, before the request answers.
+        // A failure leaves an orphan that reconciliation removes.
+        let keys: Vec<BlobKey> = events
+            .iter()
+            .filter(|ev| ev.kind == EventType::Deleted && ev.key.resource == COREDUMP.plural)
+            .filter_map(|ev| blob_key(&ev.object))
+            .collect();
+        let blobs = Arc::clone(&self.blobs);
+        Box::pin(async move {
+            for key in keys {
+                if let Err(e) = blobs.delete(&key).await {
+                    tracing::warn!(%key, error = %e, "removing the core of a deleted coredump");
                 }
             }
-        }
+        })
     }
 }
 

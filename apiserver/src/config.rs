@@ -57,6 +57,58 @@ pub struct Args {
     )]
     pub data_dir: PathBuf,
 
+    /// Keep the cores in object storage instead of under --data-dir/cores:
+    /// `s3://BUCKET/PREFIX`, `gs://BUCKET/PREFIX` or `az://CONTAINER/PREFIX`, objects at
+    /// `PREFIX/<namespace>/<name>_<uid>.zst`. Credentials come from the environment or
+    /// workload identity (AWS_*, GOOGLE_*, AZURE_* variables, IRSA, EKS Pod Identity, GKE
+    /// Workload Identity, Azure managed identity), never from this URL.
+    #[arg(long, env = "COREDUMP_OBJECT_STORE_URL")]
+    pub object_store_url: Option<String>,
+
+    /// The bucket's region (s3:// only; else AWS_REGION or the default chain).
+    #[arg(
+        long,
+        env = "COREDUMP_OBJECT_STORE_REGION",
+        requires = "object_store_url"
+    )]
+    pub object_store_region: Option<String>,
+
+    /// An S3-compatible server (or storage emulator) to use instead of the cloud's own
+    /// endpoint, e.g. `https://minio.example:9000` (path-style requests).
+    #[arg(
+        long,
+        env = "COREDUMP_OBJECT_STORE_ENDPOINT",
+        requires = "object_store_url"
+    )]
+    pub object_store_endpoint: Option<String>,
+
+    /// PEM bundle of CA certificates trusted for the object store, in addition to the
+    /// system's (a private endpoint).
+    #[arg(
+        long,
+        env = "COREDUMP_OBJECT_STORE_CA_FILE",
+        requires = "object_store_url"
+    )]
+    pub object_store_ca_file: Option<PathBuf>,
+
+    /// Plain HTTP to --object-store-endpoint; refused unless it is a loopback address
+    /// (test servers).
+    #[arg(
+        long,
+        env = "COREDUMP_OBJECT_STORE_ALLOW_HTTP",
+        requires = "object_store_endpoint"
+    )]
+    pub object_store_allow_http: bool,
+
+    /// How often the stored cores are reconciled with the Coredumps (besides at start).
+    #[arg(long, env = "COREDUMP_RECONCILE_INTERVAL", default_value = "10m")]
+    pub reconcile_interval: String,
+
+    /// How old a stored core without any Coredump must be before reconciliation removes
+    /// it.
+    #[arg(long, env = "COREDUMP_ORPHAN_GRACE_PERIOD", default_value = "1h")]
+    pub orphan_grace_period: String,
+
     /// Changes kept for watches and consistent paging; a watch or `continue` from an older
     /// revision gets 410 Expired and the client relists.
     #[arg(long, env = "COREDUMP_REVISION_LOG_SIZE", default_value_t = 100_000)]
@@ -116,6 +168,19 @@ pub struct Args {
     /// Log format.
     #[arg(long, env = "COREDUMP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+impl Args {
+    /// The object-storage flags, if --object-store-url is set.
+    pub fn object_store(&self) -> Option<crate::blobs::ObjectStoreConfig> {
+        Some(crate::blobs::ObjectStoreConfig {
+            url: self.object_store_url.clone()?,
+            region: self.object_store_region.clone(),
+            endpoint: self.object_store_endpoint.clone(),
+            ca_file: self.object_store_ca_file.clone(),
+            allow_http: self.object_store_allow_http,
+        })
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -209,6 +209,27 @@ impl ApiError {
     }
 }
 
+/// Core storage's failures as clients see them: a Stored core whose blob is gone is 410,
+/// a second core for the same Coredump 409, the object store unreachable 503 (the agent
+/// retries), anything else 500.
+impl From<crate::blobs::BlobError> for ApiError {
+    fn from(e: crate::blobs::BlobError) -> Self {
+        use crate::blobs::BlobError;
+        match e {
+            BlobError::NotFound(what) => {
+                Self::new(410, "Gone", format!("the stored core of {what} is missing"))
+            }
+            BlobError::Exists(what) => Self::new(
+                409,
+                "Conflict",
+                format!("a core is already stored for {what}"),
+            ),
+            e @ BlobError::Backend { .. } => Self::unavailable(format!("core storage: {e}")),
+            e => Self::internal(format!("core storage: {e}")),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let code = StatusCode::from_u16(self.code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

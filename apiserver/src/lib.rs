@@ -118,8 +118,14 @@ pub async fn run(
         Arc::clone(&store),
         kinds.iter().map(|k| k.info().plural).collect(),
     )?);
-    let blobs: Arc<dyn blobs::BlobStore> =
-        Arc::new(blobs::FsBlobs::new(&args.data_dir.join("cores"))?);
+    let blobs: Arc<dyn blobs::BlobStore> = match args.object_store() {
+        Some(cfg) => {
+            let store = blobs::ObjectBlobs::from_config(&cfg)?;
+            tracing::info!(store = %store, "cores in object storage");
+            Arc::new(store)
+        }
+        None => Arc::new(blobs::FsBlobs::open(&args.data_dir.join("cores")).await?),
+    };
     let admission = admission::QuotaAdmission {
         blobs: Arc::clone(&blobs),
         default_hard: default_quota(&args)?,
@@ -153,9 +159,11 @@ pub async fn run(
         uploads: Arc::clone(&uploads),
         events: event_sink,
         pending_timeout: duration("--pending-timeout", &args.pending_timeout)?,
+        orphan_grace: duration("--orphan-grace-period", &args.orphan_grace_period)?,
     }
     .spawn(
         duration("--maintenance-interval", &args.maintenance_interval)?.max(Duration::from_secs(1)),
+        duration("--reconcile-interval", &args.reconcile_interval)?.max(Duration::from_secs(1)),
     );
     let auth = auth::Auth::new(
         client.clone(),

@@ -1,14 +1,18 @@
-//! Background upkeep: at start, quota usage is recomputed and cores whose object is gone
-//! (or that a crashed upload left for a still-Pending object) are removed; then,
-//! periodically, pending uploads that never arrived expire and cores older than their
-//! namespace's `maxAge` are deleted.
+//! Background upkeep: at start, quota usage is recomputed and the blob store is
+//! reconciled with the Coredumps (whatever the backend: a directory or a bucket); then,
+//! periodically, pending uploads that never arrived expire, cores older than their
+//! namespace's `maxAge` are deleted, and every `--reconcile-interval` the blob store is
+//! reconciled again: blobs no Stored Coredump owns are removed (those without any
+//! Coredump after `--orphan-grace-period`), Stored Coredumps whose blob is missing
+//! become `Failed/CoreMissing`.
 //!
 //! Invariant: a blob is removed here only under its [`crate::uploads::UploadGuard`] and
 //! after reading its object again, so a core an upload is storing, or has just stored,
 //! is never taken for a leftover.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
@@ -16,7 +20,7 @@ use coredump_openapi::types::parse_duration;
 use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 
 use crate::admission::{blob_key, counts, usage, write_quota_status};
-use crate::blobs::BlobStore;
+use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
 use crate::store::{Key, Scope};
@@ -29,6 +33,8 @@ pub struct Maintenance {
     pub uploads: Arc<Uploads>,
     pub events: Arc<crate::events::EventSink>,
     pub pending_timeout: Duration,
+    /// How old a blob without any Coredump must be before reconciliation removes it.
+    pub orphan_grace: Duration,
 }
 
 fn age_secs(obj: &Value, now: i64) -> Option<i64> {
@@ -50,7 +56,8 @@ impl Maintenance {
         Ok(objects.into_iter().collect())
     }
 
-    /// Makes derived state agree with the objects: quota usage, and the files on disk.
+    /// Makes derived state agree with the objects at start-up: quota usage, then the
+    /// blob store ([`Self::reconcile_blobs`]).
     pub async fn reconcile(&self) -> Result<(), ApiError> {
         let mut namespaces: Vec<String> = self
             .all(COREDUMP_QUOTA.plural)?
@@ -63,62 +70,91 @@ impl Maintenance {
                 .commit(|tx| write_quota_status(tx, &ns, |tx| usage(tx, &ns, None)))
                 .await?;
         }
+        self.reconcile_blobs().await
+    }
+
+    /// Makes the blob store agree with the Coredumps, whatever the backend: a blob no
+    /// Stored Coredump owns is removed (see `remove_leftover`), and a Stored Coredump
+    /// whose blob is missing becomes `Failed/CoreMissing` (freeing its quota). Run at
+    /// start-up and every `--reconcile-interval`.
+    pub async fn reconcile_blobs(&self) -> Result<(), ApiError> {
         let coredumps = self.all(COREDUMP.plural)?;
-        let stored_keys: std::collections::BTreeSet<_> = coredumps
+        let stored_keys: BTreeSet<_> = coredumps
             .iter()
             .filter(|(_, o)| phase_of(o) == Some(CoredumpPhase::Stored))
             .filter_map(|(_, o)| blob_key(o))
             .collect();
-        let blobs = self.blobs.clone();
-        let stored = tokio::task::spawn_blocking(move || blobs.list())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-        for key in stored.iter().filter(|k| !stored_keys.contains(*k)) {
-            self.remove_leftover(key).await?;
+        // Listed after the Coredumps: a Stored one's blob was committed before it became
+        // Stored, so it is in this listing unless it was deleted since.
+        let stored = self.blobs.list().await?;
+        let now = SystemTime::now();
+        for entry in stored.iter().filter(|e| !stored_keys.contains(&e.key)) {
+            let age = now.duration_since(entry.modified).unwrap_or_default();
+            self.remove_leftover(&entry.key, age).await?;
         }
-        let on_disk: std::collections::BTreeSet<_> = stored.into_iter().collect();
+        let present: BTreeSet<_> = stored.into_iter().map(|e| e.key).collect();
         for (key, obj) in coredumps {
             let stored_phase = phase_of(&obj) == Some(CoredumpPhase::Stored);
-            if stored_phase && blob_key(&obj).is_some_and(|b| !on_disk.contains(&b)) {
-                tracing::error!(namespace = %key.namespace, name = %key.name, "a Stored coredump has no core file");
-                self.fail(&key, "CoreMissing", "the stored core file is missing")
-                    .await?;
+            if let Some(blob) = blob_key(&obj).filter(|b| stored_phase && !present.contains(b)) {
+                tracing::error!(namespace = %key.namespace, name = %key.name, "a Stored coredump has no core in the blob store");
+                self.fail(
+                    &key,
+                    Some(&blob.uid),
+                    "CoreMissing",
+                    "the stored core is missing from the core storage",
+                )
+                .await?;
             }
         }
         Ok(())
     }
 
-    /// Removes a blob that no Stored coredump owns: its object is gone or was replaced,
-    /// or an upload committed the file and died before marking it Stored (the object is
-    /// still Pending and the agent will upload again). Skipped while an upload holds it.
-    async fn remove_leftover(&self, key: &crate::blobs::BlobKey) -> Result<(), ApiError> {
+    /// Removes a blob that no Stored coredump owns, under its upload guard (skipped while
+    /// an upload holds it) and after reading its object again:
+    /// - its Coredump (same uid) is there but not Stored: an upload committed the blob and
+    ///   died before marking it Stored (the agent uploads again, which needs the key free),
+    ///   or the Coredump failed meanwhile: removed now;
+    /// - no Coredump has its uid (deleted, or re-created under the same name) and its core
+    ///   could not be removed then: removed once it is older than `--orphan-grace-period`,
+    ///   so a blob that something outside this server's guards is still writing or
+    ///   marking is never taken for an orphan.
+    async fn remove_leftover(&self, key: &BlobKey, age: Duration) -> Result<(), ApiError> {
         let Some(_guard) = self.uploads.try_begin(&key.to_string()) else {
             return Ok(());
         };
         let store_key = Key::new(COREDUMP.plural, &key.namespace, &key.name);
         let obj = self.registry.store.get(&store_key)?;
-        let owned = obj.as_ref().is_some_and(|o| {
-            blob_key(o).as_ref() == Some(key) && phase_of(o) == Some(CoredumpPhase::Stored)
-        });
-        if owned {
+        let ours = obj.as_ref().filter(|o| blob_key(o).as_ref() == Some(key));
+        let remove = match ours {
+            Some(o) => phase_of(o) != Some(CoredumpPhase::Stored),
+            None => age >= self.orphan_grace,
+        };
+        if !remove {
             return Ok(());
         }
         tracing::info!(%key, "removing a core no stored coredump owns");
-        if let Err(e) = self.blobs.delete(key) {
+        if let Err(e) = self.blobs.delete(key).await {
             tracing::warn!(%key, error = %e, "removing a leftover core");
         }
         Ok(())
     }
 
     /// Moves a counting coredump to Failed and frees what it held.
-    async fn fail(&self, key: &Key, reason: &str, message: &str) -> Result<(), ApiError> {
+    /// With `uid`, only that incarnation of the object (not one re-created meanwhile).
+    async fn fail(
+        &self,
+        key: &Key,
+        uid: Option<&str>,
+        reason: &str,
+        message: &str,
+    ) -> Result<(), ApiError> {
         self.registry
             .commit(|tx| {
                 let Some(mut obj) = tx.get(key)? else {
                     return Ok(());
                 };
-                if !counts(&obj) {
+                let same = uid.is_none_or(|u| str_at(&obj, "/metadata/uid").as_deref() == Some(u));
+                if !counts(&obj) || !same {
                     return Ok(());
                 }
                 obj["status"] =
@@ -141,6 +177,7 @@ impl Maintenance {
                 tracing::info!(namespace = %key.namespace, name = %key.name, "upload never arrived; releasing the reservation");
                 self.fail(
                     key,
+                    None,
                     "UploadTimeout",
                     &format!("no core was uploaded within {}s", pending_limit),
                 )
@@ -194,16 +231,25 @@ impl Maintenance {
         Ok(())
     }
 
-    pub fn spawn(self, every: Duration) {
+    /// Reconciles at start, then runs [`Self::tick`] `every` and
+    /// [`Self::reconcile_blobs`] every `reconcile_every`.
+    pub fn spawn(self, every: Duration, reconcile_every: Duration) {
         tokio::spawn(async move {
             if let Err(e) = self.reconcile().await {
                 tracing::error!(error = %e, "start-up reconciliation");
             }
+            let mut reconciled = Instant::now();
             let mut tick = tokio::time::interval(every);
             loop {
                 tick.tick().await;
                 if let Err(e) = self.tick().await {
                     tracing::warn!(error = %e, "maintenance round");
+                }
+                if reconciled.elapsed() >= reconcile_every {
+                    reconciled = Instant::now();
+                    if let Err(e) = self.reconcile_blobs().await {
+                        tracing::warn!(error = %e, "reconciling the core storage");
+                    }
                 }
             }
         });

@@ -1,16 +1,18 @@
 //! The `upload` and `download` subresources of coredumps: streamed with flat memory.
 //!
-//! Upload (PUT, zstd body as the node agent compressed it): written to a temporary blob
-//! while being decompressed on the fly to check the declared `storedSize`, raw `size` and
-//! `sha256`; any mismatch is a 422 and nothing is kept. Only then is the blob renamed into
-//! place and the Coredump marked `Stored`.
+//! Upload (PUT, zstd body as the node agent compressed it): streamed into a blob writer
+//! (invisible until committed) while a blocking thread decompresses the same chunks to
+//! check the declared `storedSize`, raw `size` and `sha256`; any mismatch is a 422 and the
+//! writer is aborted, so nothing is kept. Only then is the blob committed (never over a
+//! stored one) and the Coredump marked `Stored`.
 //!
 //! Download (GET): the raw core, decompressed on the fly, or with `?compressed=true` the
 //! stored zstd bytes. `Range: bytes=…` or `?offset=&length=` (for `kubectl get --raw`, which
 //! cannot send headers) fetch a piece, so cores larger than one request window of the
-//! aggregator can be fetched in several requests.
+//! aggregator can be fetched in several requests; the stored bytes of a piece are one
+//! ranged read of the blob store (ranged GETs on object storage).
 
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
@@ -28,7 +30,7 @@ use super::reqinfo::RequestInfo;
 use super::resources::json_response;
 use super::AppState;
 use crate::admission::{blob_key, mark_stored};
-use crate::blobs::{BlobError, BlobKey};
+use crate::blobs::{BlobKey, BlobWriter, ByteStream};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind};
 use crate::store::Key;
@@ -77,20 +79,6 @@ fn spec_bytes(obj: &Value, field: &str) -> Result<u64, ApiError> {
     str_at(obj, &format!("/spec/{field}"))
         .and_then(|q| parse_bytes(&q).ok())
         .ok_or_else(|| ApiError::internal(format!("stored coredump has no valid spec.{field}")))
-}
-
-fn blob_error(e: BlobError) -> ApiError {
-    match e {
-        BlobError::NotFound(what) => {
-            ApiError::new(410, "Gone", format!("the stored core of {what} is missing"))
-        }
-        BlobError::Exists(what) => ApiError::new(
-            409,
-            "Conflict",
-            format!("a core is already stored for {what}"),
-        ),
-        e => ApiError::internal(format!("core storage: {e}")),
-    }
 }
 
 /// What the upload checker found wrong, as a 422.
@@ -181,26 +169,19 @@ async fn upload_core(
             return Err(mismatch(name, "spec.storedSize", format!("Invalid value: the body has {len} bytes, spec.storedSize declares {stored_size}")));
         }
     }
-    let writer = state.blobs.create(&key).map_err(blob_error)?;
+    let mut writer = state.blobs.create(&key).await?;
     let (tx, mut rx) = mpsc::channel::<Bytes>(CHANNEL_DEPTH);
     let obj_name = name.to_string();
-    // Disk and decompression run on a blocking thread; the body feeds it chunk by chunk.
+    // Decompression and hashing (CPU) run on a blocking thread, fed chunk by chunk while
+    // the same chunks go to the blob writer here.
     let checker = tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        let mut blob = writer;
         let mut decoder = zstd::stream::write::Decoder::new(RawCheck {
             hasher: Sha256::new(),
             count: 0,
             limit: raw_size,
         })
         .map_err(|e| ApiError::internal(format!("zstd: {e}")))?;
-        let mut compressed = 0u64;
         while let Some(chunk) = rx.blocking_recv() {
-            compressed += chunk.len() as u64;
-            if compressed > stored_size {
-                return Err(mismatch(&obj_name, "spec.storedSize", format!("Invalid value: the body is larger than spec.storedSize ({stored_size} bytes)")));
-            }
-            blob.write_all(&chunk)
-                .map_err(|e| ApiError::internal(format!("writing the core: {e}")))?;
             decoder.write_all(&chunk).map_err(|e| {
                 mismatch(
                     &obj_name,
@@ -210,9 +191,6 @@ async fn upload_core(
                     ),
                 )
             })?;
-        }
-        if compressed != stored_size {
-            return Err(mismatch(&obj_name, "spec.storedSize", format!("Invalid value: the body has {compressed} bytes, spec.storedSize declares {stored_size}")));
         }
         decoder.flush().map_err(|e| {
             mismatch(
@@ -240,34 +218,25 @@ async fn upload_core(
                 format!("Invalid value: the core's sha256 is {got}"),
             ));
         }
-        blob.commit().map_err(blob_error)
+        Ok(())
     });
-    let mut body = req.into_body().into_data_stream();
-    let mut body_error = None;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(c) => {
-                if tx.send(c).await.is_err() {
-                    break; // the checker already failed; its error is the answer
-                }
-            }
-            Err(e) => {
-                body_error = Some(e);
-                break;
-            }
-        }
-    }
-    if let Some(e) = body_error {
-        // A broken upload: the checker must not commit what it has. Dropping the sender
-        // ends its loop; it sees fewer bytes than declared and discards the blob.
-        drop(tx);
-        let _ = checker.await;
-        return Err(ApiError::bad_request(format!("reading the upload: {e}")));
-    }
+    let written = feed(req, stored_size, name, &tx, &mut *writer).await;
+    // Dropping the sender ends the checker's loop: on a short or broken body it sees an
+    // incomplete stream and fails; only a complete, matching core is committed.
     drop(tx);
-    checker
+    let checked = checker
         .await
-        .map_err(|e| ApiError::internal(format!("upload task: {e}")))??;
+        .map_err(|e| ApiError::internal(format!("upload task: {e}")))
+        .and_then(|r| r);
+    let result = match (written, checked) {
+        (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+        (Ok(()), Ok(())) => Ok(()),
+    };
+    if let Err(e) = result {
+        writer.abort().await;
+        return Err(e);
+    }
+    writer.commit(stored_size).await?;
 
     let store_key = Key::new(kind.info().plural, ns, name);
     let uid = key.uid.clone();
@@ -287,10 +256,46 @@ async fn upload_core(
         Err(e) => {
             // Deleted meanwhile: the file must not outlive its object. It is ours to
             // remove: commit never replaces, and the guard kept other uploads out.
-            let _ = state.blobs.delete(&key);
+            if let Err(err) = state.blobs.delete(&key).await {
+                tracing::warn!(%key, error = %err, "removing the core of a coredump gone during its upload");
+            }
             Err(e)
         }
     }
+}
+
+/// Streams the request body into the blob writer and the checker, refusing more bytes
+/// than `spec.storedSize` (the body's own count is checked once it ends).
+async fn feed(
+    req: Request,
+    stored_size: u64,
+    name: &str,
+    tx: &mpsc::Sender<Bytes>,
+    writer: &mut dyn BlobWriter,
+) -> Result<(), ApiError> {
+    let mut body = req.into_body().into_data_stream();
+    let mut compressed = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::bad_request(format!("reading the upload: {e}")))?;
+        compressed += chunk.len() as u64;
+        if compressed > stored_size {
+            return Err(mismatch(
+                name,
+                "spec.storedSize",
+                format!(
+                    "Invalid value: the body is larger than spec.storedSize ({stored_size} bytes)"
+                ),
+            ));
+        }
+        if tx.send(chunk.clone()).await.is_err() {
+            return Ok(()); // the checker already failed; its error is the answer
+        }
+        writer.write(chunk).await?;
+    }
+    if compressed != stored_size {
+        return Err(mismatch(name, "spec.storedSize", format!("Invalid value: the body has {compressed} bytes, spec.storedSize declares {stored_size}")));
+    }
+    Ok(())
 }
 
 /// A byte range `[start, start+len)` of a body of `total` bytes.
@@ -382,7 +387,7 @@ async fn download_core(
     let key = blob_key(obj).ok_or_else(|| ApiError::internal("coredump without uid"))?;
     let compressed = q.flag("compressed")?;
     let total = if compressed {
-        state.blobs.size(&key).map_err(blob_error)?
+        state.blobs.size(&key).await?
     } else {
         spec_bytes(obj, "size")?
     };
@@ -391,11 +396,22 @@ async fn download_core(
         start: 0,
         len: total,
     });
-    let file = state.blobs.open(&key).map_err(blob_error)?;
-    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_DEPTH);
-    tokio::task::spawn_blocking(move || stream_core(file, compressed, span, &key, tx));
-
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let stream = if compressed {
+        let piece = state
+            .blobs
+            .read(&key, Some(span.start..span.start + span.len))
+            .await?;
+        exactly(piece, span.len, key)
+    } else {
+        // zstd frames are not seekable: the raw bytes of a range come from decompressing
+        // from the start (CPU, on a blocking thread; memory stays one chunk per stage).
+        let whole = state.blobs.read(&key, None).await?;
+        // Made here: the bridge needs the runtime's handle.
+        let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(whole));
+        let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHANNEL_DEPTH);
+        tokio::task::spawn_blocking(move || decompress(reader, span, &key, tx));
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed()
+    };
     let mut resp = Response::new(Body::from_stream(stream));
     *resp.status_mut() = if range.is_some() {
         StatusCode::PARTIAL_CONTENT
@@ -434,25 +450,47 @@ async fn download_core(
     Ok(resp)
 }
 
-/// Reads `span` of the core (raw: decompressing and skipping up to the start) and sends it
-/// in chunks; stops when the client goes away.
-fn stream_core(
-    mut file: Box<dyn crate::blobs::ReadSeek>,
-    compressed: bool,
+/// `stream`, failed at its end if it ended before `len` bytes (an error item aborts the
+/// response, so the client sees a short body, not a silently wrong one).
+fn exactly(stream: ByteStream, len: u64, key: BlobKey) -> ByteStream {
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&sent);
+    let check = futures::stream::once(async move {
+        let sent = counted.load(std::sync::atomic::Ordering::Relaxed);
+        if sent == len {
+            None
+        } else {
+            tracing::error!(%key, sent, len, "a stored core ended early");
+            Some(Err(std::io::Error::other(format!(
+                "stored core ended after {sent} of {len} bytes"
+            ))))
+        }
+    })
+    .filter_map(std::future::ready);
+    stream
+        .inspect(move |c| {
+            if let Ok(c) = c {
+                sent.fetch_add(c.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        })
+        .chain(check)
+        .boxed()
+}
+
+/// Decompresses the stored core, skips to `span` and sends it in chunks; stops when the
+/// client goes away. Runs on a blocking thread, reading the blob's async stream through a
+/// bridge.
+fn decompress(
+    reader: impl Read,
     span: Span,
     key: &BlobKey,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
 ) {
     let result = (|| -> std::io::Result<()> {
-        let mut reader: Box<dyn Read> = if compressed {
-            file.seek(SeekFrom::Start(span.start))?;
-            Box::new(file.take(span.len))
-        } else {
-            let mut decoder = zstd::stream::read::Decoder::new(file)?;
-            // zstd frames are not seekable: skip by decompressing (CPU, no memory).
-            std::io::copy(&mut (&mut decoder).take(span.start), &mut std::io::sink())?;
-            Box::new(decoder.take(span.len))
-        };
+        let mut decoder = zstd::stream::read::Decoder::new(reader)?;
+        // zstd frames are not seekable: skip by decompressing (CPU, no memory).
+        std::io::copy(&mut (&mut decoder).take(span.start), &mut std::io::sink())?;
+        let mut reader = decoder.take(span.len);
         let mut sent = 0u64;
         loop {
             let mut buf = vec![0u8; CHUNK];

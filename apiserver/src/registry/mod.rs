@@ -81,9 +81,14 @@ pub trait Admission: Send + Sync {
     ) -> Result<(), ApiError> {
         Ok(())
     }
-    /// After a transaction is durable: side effects outside the store (e.g. removing the
-    /// files of deleted objects).
+    /// After a transaction is durable: side effects outside the store.
     fn committed(&self, _events: &[Arc<Event>]) {}
+    /// After [`Self::committed`], awaited before the request is answered: asynchronous
+    /// side effects a client may look for right after (removing the cores of deleted
+    /// objects from the blob store).
+    fn finish(&self, _events: &[Arc<Event>]) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// No admission beyond validation.
@@ -129,6 +134,12 @@ impl Admission for Chain {
         for a in &self.0 {
             a.committed(events);
         }
+    }
+    fn finish(&self, events: &[Arc<Event>]) -> futures::future::BoxFuture<'static, ()> {
+        let all = futures::future::join_all(self.0.iter().map(|a| a.finish(events)));
+        Box::pin(async move {
+            all.await;
+        })
     }
 }
 
@@ -210,6 +221,8 @@ impl Registry {
     ) -> Result<(T, Vec<Arc<Event>>), ApiError> {
         let (value, events) = self.store.transact(f).await?;
         self.admission.committed(&events);
+        // Spawned: it completes even if this request is cancelled meanwhile.
+        let _ = tokio::spawn(self.admission.finish(&events)).await;
         Ok((value, events))
     }
 
