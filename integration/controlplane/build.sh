@@ -3,7 +3,9 @@
 # repository keyed by a hash of the pins, and prints the cache's bin directory. A second
 # call with the same pins builds nothing.
 #
-#   build.sh          the control plane: etcd, kube-apiserver, kube-controller-manager, kubectl
+#   build.sh          the control plane: etcd, kube-apiserver, kube-controller-manager, kubectl;
+#                     and versitygw, the S3 server the object-storage tests run against
+#                     (`go install` of its Go module at the version below)
 #   build.sh --node   also a node: kubelet, kube-scheduler, kube-proxy (same module graph as
 #                     the control plane, go.mod/go.sum), containerd with ctr and
 #                     containerd-shim-runc-v2, and CoreDNS (each from its own Go module at
@@ -12,7 +14,9 @@
 # runc, the CNI plugins and nftables come from Debian (.ci/run installs them).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-# Pins of the node's binaries that are not in go.mod.
+# Pins of the binaries that are not in go.mod: the S3 server, then the node's.
+versitygw_module=github.com/versity/versitygw
+versitygw_version=v1.8.0
 containerd_module=github.com/containerd/containerd/v2
 containerd_version=v2.4.2
 coredns_module=github.com/coredns/coredns
@@ -30,7 +34,7 @@ out="$cache/$key"
 k8s_bins="kube-apiserver kube-controller-manager kubectl"
 other_bins="containerd ctr containerd-shim-runc-v2 coredns"
 [ "$node" = 1 ] && k8s_bins="$k8s_bins kubelet kube-scheduler kube-proxy"
-bins="etcd $k8s_bins"
+bins="etcd $k8s_bins versitygw"
 [ "$node" = 1 ] && bins="$bins $other_bins"
 missing() {
   for b in $bins; do [ -x "$out/bin/$b" ] || return 0; done
@@ -59,6 +63,8 @@ IFS=. read -r kmajor kminor _ <<<"${kver#v}"
 vpkg=k8s.io/component-base/version
 kflags="-s -w -X $vpkg.gitVersion=$kver -X $vpkg.gitMajor=$kmajor -X $vpkg.gitMinor=$kminor -X $vpkg.gitTreeState=clean"
 built=()
+# `go install module/pkg@version` resolves the module's own go.mod (outside this module).
+gi() { (cd / && env -u GOFLAGS GOBIN="$tmp" go install -trimpath "$@" >&2); }
 if [ ! -x "$out/bin/etcd" ]; then
   GOFLAGS=-mod=readonly go build -trimpath -ldflags='-s -w' -o "$tmp/etcd" ./cmd/etcd >&2
   built+=(etcd)
@@ -68,9 +74,13 @@ for cmd in $k8s_bins; do
   GOFLAGS=-mod=readonly go build -trimpath -ldflags="$kflags" -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd" >&2
   built+=("$cmd")
 done
+if [ ! -x "$out/bin/versitygw" ]; then
+  # Stamped as its release build is (`versitygw --version`).
+  gi -ldflags="-s -w -X main.Version=$versitygw_version" \
+    "$versitygw_module/cmd/versitygw@$versitygw_version"
+  built+=(versitygw)
+fi
 if [ "$node" = 1 ]; then
-  # `go install module/pkg@version` resolves the module's own go.mod (outside this module).
-  gi() { (cd / && env -u GOFLAGS GOBIN="$tmp" go install -trimpath "$@" >&2); }
   if [ ! -x "$out/bin/containerd" ] || [ ! -x "$out/bin/ctr" ] || [ ! -x "$out/bin/containerd-shim-runc-v2" ]; then
     # no_btrfs: no btrfs headers (cgo is off anyway).
     gi -tags no_btrfs \

@@ -15,6 +15,7 @@ pub mod kubectl;
 pub mod pki;
 pub mod process;
 pub mod realnode;
+pub mod s3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
