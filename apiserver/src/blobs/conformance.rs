@@ -47,6 +47,7 @@ fn listed(keys: &[super::BlobEntry]) -> Vec<BlobKey> {
 pub async fn run_with(blobs: &dyn BlobStore, big: usize) {
     invisible_until_committed(blobs).await;
     never_replaces(blobs).await;
+    big_writers(blobs, big).await;
     length_is_checked(blobs).await;
     ranged_reads(blobs, big).await;
     listing_and_delete(blobs).await;
@@ -129,6 +130,41 @@ async fn never_replaces(blobs: &dyn BlobStore) {
     assert_eq!(read_all(blobs, &key("c"), None).await, b"one");
     blobs.delete(&k).await.expect("delete");
     blobs.delete(&key("c")).await.expect("delete");
+}
+
+/// Writers of more than one part (multipart on object storage): refused over a stored
+/// blob, and nothing visible when dropped or aborted midway.
+async fn big_writers(blobs: &dyn BlobStore, big: usize) {
+    let k = key("h");
+    let chunk = Bytes::from(vec![7u8; 64 << 10]);
+    let write_big = |mut w: Box<dyn super::BlobWriter>| {
+        let chunk = chunk.clone();
+        async move {
+            let mut n = 0;
+            while n < big {
+                w.write(chunk.clone()).await.expect("write");
+                n += chunk.len();
+            }
+            (w, n as u64)
+        }
+    };
+    let (w, _) = write_big(blobs.create(&k).await.expect("create")).await;
+    drop(w);
+    let (w, _) = write_big(blobs.create(&k).await.expect("create")).await;
+    w.abort().await;
+    assert!(
+        blobs.list().await.expect("list").is_empty(),
+        "dropped, aborted: nothing"
+    );
+    store(blobs, &k, b"small", 2).await;
+    let (w, n) = write_big(blobs.create(&k).await.expect("create")).await;
+    assert!(matches!(w.commit(n).await, Err(BlobError::Exists(_))));
+    assert_eq!(
+        read_all(blobs, &k, None).await,
+        b"small",
+        "the stored core is intact"
+    );
+    blobs.delete(&k).await.expect("delete");
 }
 
 async fn length_is_checked(blobs: &dyn BlobStore) {
