@@ -119,6 +119,13 @@ impl Env {
         fs::copy(env!("CARGO_BIN_EXE_coredump-node-handler"), &handler).expect("copy handler");
         let spool = Spool::new(dir.path().join("s"));
         spool.ensure_layout().expect("spool");
+        // One pod crashes more often than the default rate limit lets through.
+        coredump_node_handler::config::CaptureConfig {
+            rate_limit_count: 100,
+            ..Default::default()
+        }
+        .store(&spool.config_path())
+        .expect("capture.json");
         install::install(
             &Sysctls::default(),
             &InstallOptions {
@@ -319,6 +326,11 @@ fn c_with_and_without_debug_info_and_stripped() {
         &["gcc", "-O1", "-g", "-fno-omit-frame-pointer"],
         &c,
     );
+    let zdebug = build(
+        "c_zdebug",
+        &["gcc", "-O1", "-g", "-gz=zlib", "-fno-omit-frame-pointer"],
+        &c,
+    );
     let nodebug = build("c_nodebug", &["gcc", "-O2"], &c);
     let extra = build("c_extra", &["gcc", "-O2", "-DEXTRA"], &c);
     let stripped = strip(&nodebug, "c_stripped");
@@ -346,6 +358,12 @@ fn c_with_and_without_debug_info_and_stripped() {
     );
     assert!(top.line.is_some(), "{top:?}");
     assert_eq!(a.signature.as_deref(), Some("parse_header"));
+    // The same with compressed DWARF (SHF_COMPRESSED, as `gcc -gz` and Go write it).
+    let (z, _) = run(&zdebug, "header");
+    let ztop = &z.crashing_thread.as_ref().unwrap().frames[0];
+    assert_eq!(ztop.function.as_deref(), Some("parse_header"), "{ztop:?}");
+    assert_eq!((&ztop.file, ztop.line), (&top.file, top.line), "{ztop:?}");
+    assert_eq!(z.fingerprint, a.fingerprint);
     let pm: ProcessModules = analysis::read_modules(&dir).expect("modules.json");
     eprintln!(
         "process held {} us longer (maps + {} opens); build-ids and copies after release: {} us",
@@ -529,11 +547,53 @@ fn go_panic_with_gotraceback_crash() {
     check(&a, "main.crashHere", CrashCause::GoPanic, "");
     let fns = functions(&a);
     let at = |n: &str| fns.iter().position(|f| f == n);
-    // crashHere is a frameless leaf and Go's DWARF CFI is compressed (not read here), so
-    // the frame-pointer walk goes from it to its caller's caller (main.main is skipped).
+    // crashHere is a frameless leaf and Go's CFI is not used (symbolize.rs), so the
+    // frame-pointer walk goes from it to its caller's caller (main.main is skipped).
     assert!(
         at("runtime.sigpanic") < at("main.crashHere") && at("main.crashHere") < at("runtime.main"),
         "{fns:?}"
     );
+    // Go's DWARF is zlib-compressed: inflated, it gives the line of the fault.
+    let top = a
+        .crashing_thread
+        .as_ref()
+        .unwrap()
+        .frames
+        .iter()
+        .find(|f| f.function.as_deref() == Some("main.crashHere"))
+        .unwrap();
+    assert!(
+        top.file
+            .as_deref()
+            .is_some_and(|f| f.ends_with("go_panic.go"))
+            && top.line == Some(12),
+        "{top:?}"
+    );
     assert_eq!(a.signature.as_deref(), Some("main.crashHere"));
+
+    // Built as images often are, without symbol table and DWARF (-s -w): the names come
+    // from .gopclntab, and it is the same bug (fingerprint) as the build with symbols.
+    let bare = build(
+        "go_panic_stripped",
+        &["go", "build", "-ldflags=-s -w"],
+        &src("go_panic.go"),
+    );
+    let nm = Command::new("nm").arg(&bare).output().expect("nm");
+    assert!(
+        String::from_utf8_lossy(&nm.stderr).contains("no symbols"),
+        "{nm:?}"
+    );
+    let (e, dir) = env.crash(
+        &[bare.to_str().unwrap_or_default()],
+        &[("GOTRACEBACK", "crash")],
+    );
+    let (b, _) = env.analyze(&e, &dir);
+    check(&b, "main.crashHere", CrashCause::GoPanic, "");
+    assert!(
+        functions(&b).iter().any(|f| f == "runtime.main"),
+        "{:?}",
+        functions(&b)
+    );
+    assert_eq!(b.signature.as_deref(), Some("main.crashHere"));
+    assert_eq!(b.fingerprint, a.fingerprint);
 }

@@ -16,6 +16,7 @@
 pub mod cause;
 pub mod elfcore;
 pub mod fingerprint;
+pub mod gopclntab;
 pub mod sandbox;
 pub mod symbolize;
 pub mod unwind;
@@ -453,6 +454,7 @@ fn symbolize_frame(space: &AddressSpace, f: &RawFrame) -> StackFrame {
         out.function = b
             .function(svma)
             .map(|(n, _)| n)
+            .or_else(|| b.go_function(svma))
             .or_else(|| b.dwarf_function(svma));
         if let Some((file, line)) = b.location(svma) {
             out.file = Some(file);

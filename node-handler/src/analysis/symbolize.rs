@@ -1,13 +1,15 @@
 //! The binaries of a crashed process, as the build-id cache holds them: where their
-//! unwind tables are, their symbols (`.symtab`, `.dynsym`), and file:line from DWARF
-//! where present; and the demangling of Rust (v0 and legacy) and C++ names.
+//! unwind tables are, their symbols (`.symtab`, `.dynsym`, else a Go binary's
+//! `.gopclntab`), and file:line from DWARF where present; and the demangling of Rust (v0 and legacy) and C++ names.
 //!
 //! Invariants: a binary is hostile input (it came from a container image). It is read
 //! whole, at most [`MAX_BINARY_BYTES`], and parsed only by `object`, `gimli` and
 //! `addr2line`, which check every offset; a part that does not parse is left out (no
 //! symbols, no CFI) rather than failing the analysis. This code runs in the `analyze`
 //! child, whose time and memory are limited: the binaries' bytes are leaked to get
-//! `'static` slices, and go when the child exits.
+//! `'static` slices, and go when the child exits. Compressed sections (`SHF_COMPRESSED`
+//! zlib or zstd, as Go's linker and `gcc -gz` write DWARF) are inflated only when the
+//! size their header claims is at most [`MAX_SECTION_BYTES`], and only to that size.
 
 use std::path::Path;
 
@@ -16,6 +18,8 @@ use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SymbolKind};
 
 /// Largest binary read.
 pub const MAX_BINARY_BYTES: u64 = 512 << 20;
+/// Largest section inflated from its compressed form.
+pub const MAX_SECTION_BYTES: u64 = 256 << 20;
 /// Longest function name kept.
 pub const MAX_NAME: usize = 512;
 
@@ -61,6 +65,8 @@ pub struct Binary {
     /// (vaddr, memsz) of executable PT_LOADs.
     exec: Vec<(u64, u64)>,
     dwarf: Option<addr2line::Context<Slice>>,
+    /// A Go binary's function table (names without a symbol table).
+    go: Option<super::gopclntab::GoPcln>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,13 +100,18 @@ impl Binary {
             .map_err(|e| BinaryError::Parse(name.into(), e.to_string()))?;
         let sect = |n: &str| -> Option<Sect> {
             let s = obj.section_by_name(n)?;
-            // Compressed sections are not read (no decompressor in the build).
-            if s.compressed_file_range().ok()?.format != object::CompressionFormat::None {
+            let c = s.compressed_data().ok()?;
+            // The claimed size is what the decompressor allocates: bound it first.
+            if c.uncompressed_size > MAX_SECTION_BYTES {
                 return None;
             }
+            let data: &'static [u8] = match c.decompress().ok()? {
+                std::borrow::Cow::Borrowed(b) => b,
+                std::borrow::Cow::Owned(v) => Box::leak(v.into_boxed_slice()),
+            };
             Some(Sect {
                 addr: s.address(),
-                data: s.data().ok()?,
+                data,
             })
         };
         let mut loads: Vec<(u64, u64, u64)> = obj
@@ -143,13 +154,20 @@ impl Binary {
         } else {
             None
         };
+        let text = obj.section_by_name(".text").map(|s| s.address());
+        let go = sect(".gopclntab").and_then(|s| super::gopclntab::GoPcln::parse(s.data, text));
+        let is_go = obj.section_by_name(".gopclntab").is_some();
         Ok(Self {
             data,
             first_vaddr,
+            go,
             eh_frame: sect(".eh_frame"),
             eh_frame_hdr: sect(".eh_frame_hdr"),
-            debug_frame: sect(".debug_frame"),
-            text: obj.section_by_name(".text").map(|s| s.address()),
+            // Go's .debug_frame is not used: through the frame Go injects for sigpanic
+            // it led the unwinder into a loop, while Go's frame pointers are reliable
+            // (amd64); its .debug_info still gives file:line.
+            debug_frame: if is_go { None } else { sect(".debug_frame") },
+            text,
             symbols,
             loads,
             exec,
@@ -170,6 +188,11 @@ impl Binary {
         let mut d = demangle(name);
         cut(&mut d, MAX_NAME);
         Some((d, addr))
+    }
+
+    /// The Go function at `svma` from `.gopclntab`, for Go binaries without symbols.
+    pub fn go_function(&self, svma: u64) -> Option<String> {
+        self.go.as_ref()?.function(svma)
     }
 
     /// file:line for `svma`, where DWARF line tables cover it.
