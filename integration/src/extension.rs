@@ -23,6 +23,9 @@ pub struct Options {
     pub lifetime: Lifetime,
     /// Extra flags for the server.
     pub args: Vec<String>,
+    /// Extra environment, e.g. an object store's credentials. The server inherits no
+    /// `AWS_*` variable from the harness's environment: only these.
+    pub env: Vec<(String, String)>,
 }
 
 impl Default for Options {
@@ -30,6 +33,7 @@ impl Default for Options {
         Self {
             lifetime: Lifetime::Scoped,
             args: Vec::new(),
+            env: Vec::new(),
         }
     }
 }
@@ -91,6 +95,13 @@ impl ExtensionServer {
             format!("--kubeconfig={}", self.kubeconfig.display()),
         ]);
         cmd.args(&self.opts.args);
+        // Credentials and settings of an object store come from the options alone.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                cmd.env_remove(&k);
+            }
+        }
+        cmd.envs(self.opts.env.iter().map(|(k, v)| (k, v)));
         cmd.env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,27 +1,48 @@
 //! The store under abrupt stops: SIGKILL during concurrent writes, 20 times, loses nothing
 //! acknowledged; and revisions older than the kept log answer 410 in the watch stream.
+//! What involves the cores' bytes (SIGKILL mid-upload, expiry and retention) runs on both
+//! storage backends (`fs::…`, `s3::…`: the data directory, and a bucket of a real S3
+//! server).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coredump_integration::curl::Curl;
-use coredump_integration::env::TestEnv;
+use coredump_integration::env::{Backend, TestEnv};
 use coredump_integration::{controlplane, extension};
 use serde_json::{json, Value};
 
 const API: &str = "/apis/coredump.io/v1alpha1";
 /// Small, so that a few writes push old revisions out of the log.
 const LOG_SIZE: usize = 40;
+/// The server's `--orphan-grace-period` here.
+const ORPHAN_GRACE: Duration = Duration::from_secs(5);
 /// kube-apiserver's `--request-timeout` in this environment.
 const REQUEST_TIMEOUT_SECS: u64 = 2;
 
-/// The kill test takes the server down; the other test must not run meanwhile.
-static SERIAL: Mutex<()> = Mutex::new(());
+/// The kill tests take their environment's server down; the other tests on the same
+/// environment must not run meanwhile.
+fn serial(b: Backend) -> std::sync::MutexGuard<'static, ()> {
+    static FS: Mutex<()> = Mutex::new(());
+    static S3: Mutex<()> = Mutex::new(());
+    match b {
+        Backend::Filesystem => &FS,
+        Backend::S3 => &S3,
+    }
+    .lock()
+    .unwrap_or_else(|e| e.into_inner())
+}
 
-fn env() -> &'static TestEnv {
-    static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
-    ENV.get_or_init(|| {
-        TestEnv::start_shared(
+fn env(b: Backend) -> &'static TestEnv {
+    static FS: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+    static S3: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
+    match b {
+        Backend::Filesystem => &FS,
+        Backend::S3 => &S3,
+    }
+    .get_or_init(|| {
+        TestEnv::start_shared_on(
+            b,
             controlplane::Options {
                 // Short, so that a whole large download cannot fit in one request.
                 request_timeout: Duration::from_secs(REQUEST_TIMEOUT_SECS),
@@ -32,6 +53,8 @@ fn env() -> &'static TestEnv {
                     format!("--revision-log-size={LOG_SIZE}"),
                     "--maintenance-interval=1s".into(),
                     "--pending-timeout=4s".into(),
+                    "--reconcile-interval=1s".into(),
+                    format!("--orphan-grace-period={}s", ORPHAN_GRACE.as_secs()),
                 ],
                 ..Default::default()
             },
@@ -48,17 +71,24 @@ fn quota(ns: &str, name: &str, n: usize) -> Value {
 }
 
 /// The extension server directly, as the cluster admin (client certificate).
-fn direct() -> Curl {
-    env().direct_admin()
+fn direct(b: Backend) -> Curl {
+    env(b).direct_admin()
 }
+
+coredump_integration::on_each_backend!(
+    sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage,
+    pending_uploads_expire_and_max_age_deletes_old_cores,
+    reconciliation_removes_orphans_and_fails_coredumps_whose_core_is_missing,
+);
 
 #[test]
 fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = env().namespace("kill").expect("ns");
+    let b = Backend::Filesystem;
+    let _serial = serial(b);
+    let ns = env(b).namespace("kill").expect("ns");
     let acked: Arc<Mutex<Vec<(String, usize)>>> = Arc::default();
     for round in 0..20 {
-        let c = direct();
+        let c = direct(b);
         // 16 writers: group commit makes several of them durable per flush.
         let writers: Vec<_> = (0..16)
             .map(|w| {
@@ -85,15 +115,15 @@ fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(150 + (round as u64 % 5) * 70));
-        env().server().kill();
+        env(b).server().kill();
         for w in writers {
             let _ = w.join();
         }
-        env().server().restart().expect("restart after SIGKILL");
+        env(b).server().restart().expect("restart after SIGKILL");
     }
     let acked = acked.lock().expect("lock").clone();
-    let log = env().server().log_path();
-    let ready = direct().get("/readyz", &[]);
+    let log = env(b).server().log_path();
+    let ready = direct(b).get("/readyz", &[]);
     assert!(
         ready.as_ref().is_ok_and(|r| r.status == 200),
         "server not ready after the last restart: {ready:?}\n{}",
@@ -105,7 +135,7 @@ fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
         "too few writes acknowledged to prove anything: {}",
         acked.len()
     );
-    let list = direct()
+    let list = direct(b)
         .get(&format!("{API}/namespaces/{ns}/coredumpquotas"), &[])
         .expect("list")
         .json();
@@ -135,10 +165,11 @@ fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
 
 #[test]
 fn too_old_revisions_answer_410_inside_the_watch_stream_and_for_continue() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = env().namespace("expired").expect("ns");
-    let k = env().kubectl();
-    let c = direct();
+    let b = Backend::Filesystem;
+    let _serial = serial(b);
+    let ns = env(b).namespace("expired").expect("ns");
+    let k = env(b).kubectl();
+    let c = direct(b);
     let create = |i: usize| {
         let body = serde_json::to_vec(&quota(&ns, &format!("e-{i}"), i)).expect("json");
         let r = c
@@ -268,11 +299,10 @@ fn big_core(dir: &std::path::Path) -> (std::path::PathBuf, u64, String) {
     (path, size, hex::encode(hasher.finalize()))
 }
 
-#[test]
-fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = env().namespace("killup").expect("ns");
-    let c = direct();
+fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage(b: Backend) {
+    let _serial = serial(b);
+    let ns = env(b).namespace("killup").expect("ns");
+    let c = direct(b);
     let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
         "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"storage": "1Gi"}}});
     assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
@@ -288,13 +318,17 @@ fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
         ),
         201
     );
+    let uid = get(&c, &format!("{API}/namespaces/{ns}/coredumps/cut"))["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
     let used_before =
         get(&c, &format!("{API}/namespaces/{ns}/coredumpquotas/quota"))["status"]["used"].clone();
 
     // A slow upload (rate-limited curl), killed in the middle.
-    let ep = &env().cp.endpoints;
+    let ep = &env(b).cp.endpoints;
     let (url, ca) = {
-        let s = env().server();
+        let s = env(b).server();
         (s.url.clone(), s.ca_cert.clone())
     };
     let mut upload = std::process::Command::new("curl")
@@ -320,22 +354,38 @@ fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .expect("curl");
-    let cores = env().server().dir.join("data/cores");
-    eventually("the partial upload to reach the disk", || {
-        std::fs::read_dir(cores.join(".tmp"))
-            .map(|d| d.count() > 0)
-            .unwrap_or(false)
+    // A partial file in the data directory's .tmp, or a multipart upload in the bucket.
+    eventually("the partial upload to reach the storage", || {
+        !env(b).partial_uploads(&ns, &uid).is_empty()
     });
-    env().server().kill();
+    env(b).server().kill();
     let _ = upload.wait();
-    env().server().restart().expect("restart");
+    env(b).server().restart().expect("restart");
 
-    let files = |d: &std::path::Path| std::fs::read_dir(d).map(|e| e.count()).unwrap_or(0);
-    assert_eq!(files(&cores.join(".tmp")), 0, "partial upload left behind");
-    assert_eq!(
-        files(&cores.join(&ns)),
-        0,
-        "a core was stored from a cut upload"
+    match env(b).s3() {
+        // Opening the store clears .tmp.
+        None => assert_eq!(
+            env(b).partial_uploads(&ns, &uid),
+            Vec::<String>::new(),
+            "partial upload left behind"
+        ),
+        // A killed server cannot abort its multipart upload: the parts stay invisible
+        // (not an object, not a file of the posix root) until the bucket's lifecycle rule
+        // removes them (deploy/README.md).
+        Some(s3) => {
+            assert!(s3
+                .files(&format!("{}/{ns}/", coredump_integration::env::S3_PREFIX))
+                .is_empty());
+            eprintln!(
+                "multipart uploads the killed server left: {:?}",
+                env(b).partial_uploads(&ns, &uid)
+            );
+        }
+    }
+    assert!(
+        env(b).stored_cores(&ns).is_empty(),
+        "a core was stored from a cut upload: {:?}",
+        env(b).stored_cores(&ns)
     );
     let obj = get(&c, &format!("{API}/namespaces/{ns}/coredumps/cut"));
     assert_eq!(obj["status"]["phase"], "Pending");
@@ -360,7 +410,7 @@ fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
     // Through the aggregator, a 2 GiB download does not fit in one request window: it is
     // cut visibly (fewer bytes than Content-Length, so kubectl fails), and fetched in
     // pieces it is whole.
-    let k = env().kubectl();
+    let k = env(b).kubectl();
     let path = format!("{API}/namespaces/{ns}/coredumps/cut/download");
     let whole = k
         .command()
@@ -378,11 +428,10 @@ fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage() {
     assert_eq!(hex::encode(sha2::Digest::finalize(hasher)), sha);
 }
 
-#[test]
-fn pending_uploads_expire_and_max_age_deletes_old_cores() {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let ns = env().namespace("expire").expect("ns");
-    let c = direct();
+fn pending_uploads_expire_and_max_age_deletes_old_cores(b: Backend) {
+    let _serial = serial(b);
+    let ns = env(b).namespace("expire").expect("ns");
+    let c = direct(b);
     let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
         "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"count": "5"}}});
     assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
@@ -406,6 +455,29 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
         "Failed"
     );
     assert_eq!(get(&c, &quota_path)["status"]["used"]["count"], "0");
+    // A stored core, which retention deletes with its bytes.
+    let raw = b"stack frame: main -> crash_here -> abort\n".repeat(2000);
+    let zst = zstd::encode_all(&raw[..], 3).expect("compress");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw));
+    assert_eq!(
+        post(
+            &c,
+            &ns,
+            "coredumps",
+            &coredump(&ns, "old", raw.len() as u64, zst.len() as u64, &sha)
+        ),
+        201
+    );
+    let r = c
+        .request(
+            "PUT",
+            &format!("{API}/namespaces/{ns}/coredumps/old/upload"),
+            &[("Content-Type", "application/zstd")],
+            Some(&zst),
+        )
+        .expect("upload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env(b).stored_cores(&ns).len(), 1);
 
     // Retention: maxAge on the quota deletes what is older.
     let patch = br#"{"spec":{"maxAge":"2s"}}"#;
@@ -418,14 +490,21 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
         )
         .expect("patch");
     assert_eq!(r.status, 200, "{}", r.text());
-    eventually("maxAge to delete the old coredump", || {
-        c.get(&format!("{API}/namespaces/{ns}/coredumps/never"), &[])
-            .map(|r| r.status == 404)
-            .unwrap_or(false)
-    });
+    for name in ["never", "old"] {
+        eventually(&format!("maxAge to delete coredump {name}"), || {
+            c.get(&format!("{API}/namespaces/{ns}/coredumps/{name}"), &[])
+                .map(|r| r.status == 404)
+                .unwrap_or(false)
+        });
+    }
+    assert!(
+        env(b).stored_cores(&ns).is_empty(),
+        "retention left the core's bytes: {:?}",
+        env(b).stored_cores(&ns)
+    );
     // Both steps are in the coredump's history, as `kubectl describe` lists it.
     eventually("the Failed and DeletedByRetention events", || {
-        let reasons = env()
+        let reasons = env(b)
             .kubectl()
             .coredump_event_reasons(&ns, "never")
             .unwrap_or_default();
@@ -436,9 +515,10 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores() {
 #[test]
 fn serving_certificate_files_are_reloaded_without_a_restart() {
     use coredump_integration::pki::{Ca, Usage};
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let b = Backend::Filesystem;
+    let _serial = serial(b);
     let (cert_file, key_file, dir) = {
-        let s = env().server();
+        let s = env(b).server();
         (s.serving.cert.clone(), s.serving.key.clone(), s.dir.clone())
     };
     let original = (
@@ -457,7 +537,7 @@ fn serving_certificate_files_are_reloaded_without_a_restart() {
             Usage::Server,
         )
         .expect("issue");
-    let mut rotated = direct();
+    let mut rotated = direct(b);
     rotated.ca = ca_file;
     std::fs::write(&key_file, &pair.key_pem).expect("write key");
     std::fs::write(&cert_file, &pair.cert_pem).expect("write cert");
@@ -470,9 +550,110 @@ fn serving_certificate_files_are_reloaded_without_a_restart() {
     std::fs::write(&key_file, &original.1).expect("restore key");
     std::fs::write(&cert_file, &original.0).expect("restore cert");
     eventually("the original certificate to be served again", || {
-        direct()
+        direct(b)
             .get("/readyz", &[])
             .map(|r| r.status == 200)
             .unwrap_or(false)
+    });
+}
+
+/// A small stored core `name` in `ns`; returns its uid.
+fn store_small_core(b: Backend, ns: &str, name: &str) -> String {
+    let c = direct(b);
+    let raw = format!("stack frame of {name}: main -> crash_here -> abort\n").repeat(2000);
+    let zst = zstd::encode_all(raw.as_bytes(), 3).expect("compress");
+    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(raw.as_bytes()));
+    let obj = coredump(ns, name, raw.len() as u64, zst.len() as u64, &sha);
+    assert_eq!(post(&c, ns, "coredumps", &obj), 201);
+    let r = c
+        .request(
+            "PUT",
+            &format!("{API}/namespaces/{ns}/coredumps/{name}/upload"),
+            &[("Content-Type", "application/zstd")],
+            Some(&zst),
+        )
+        .expect("upload");
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string()
+}
+
+/// Behind the server's back: removes the stored core `file` (`<name>_<uid>.zst`) of `ns`
+/// from the backend, or with `Some(bytes)` puts one there.
+fn tamper(b: Backend, ns: &str, file: &str, bytes: Option<&[u8]>) {
+    match env(b).s3() {
+        None => {
+            let path = env(b).server().dir.join("data/cores").join(ns).join(file);
+            match bytes {
+                None => std::fs::remove_file(&path).expect("remove the core's file"),
+                Some(body) => std::fs::write(&path, body).expect("plant a core file"),
+            }
+        }
+        Some(s3) => {
+            let key = format!("{}/{ns}/{file}", coredump_integration::env::S3_PREFIX);
+            let r = match bytes {
+                None => s3.delete_object(&key),
+                Some(body) => s3.put_object(&key, body),
+            }
+            .expect("S3 request");
+            assert!(r.status == 200 || r.status == 204, "{key}: {}", r.status);
+        }
+    }
+}
+
+/// Reconciliation at start-up and every --reconcile-interval makes the storage agree with
+/// the Coredumps: a core that no Coredump owns goes once older than --orphan-grace-period,
+/// and a Stored Coredump whose core vanished becomes Failed/CoreMissing, freeing its quota;
+/// the other cores stay.
+fn reconciliation_removes_orphans_and_fails_coredumps_whose_core_is_missing(b: Backend) {
+    let _serial = serial(b);
+    let ns = env(b).namespace("reconcile").expect("ns");
+    let c = direct(b);
+    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"count": "5"}}});
+    assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
+    let kept = store_small_core(b, &ns, "kept");
+    let lost = store_small_core(b, &ns, "lost");
+    let quota_path = format!("{API}/namespaces/{ns}/coredumpquotas/quota");
+    assert_eq!(get(&c, &quota_path)["status"]["used"]["count"], "2");
+
+    // While the server is down, one core vanishes and one no Coredump owns appears.
+    env(b).server().stop();
+    tamper(b, &ns, &format!("lost_{lost}.zst"), None);
+    let ghost = "ghost_00000000-0000-4000-8000-000000000001.zst";
+    tamper(b, &ns, ghost, Some(b"not a core of any coredump"));
+    let planted = std::time::Instant::now();
+    env(b).server().restart().expect("restart");
+
+    let path = |name: &str| format!("{API}/namespaces/{ns}/coredumps/{name}");
+    eventually("the Coredump whose core vanished to fail", || {
+        get(&c, &path("lost"))["status"]["reason"] == "CoreMissing"
+    });
+    assert_eq!(get(&c, &path("lost"))["status"]["phase"], "Failed");
+    assert_eq!(get(&c, &quota_path)["status"]["used"]["count"], "1");
+    if planted.elapsed() < ORPHAN_GRACE - Duration::from_secs(1) {
+        assert!(
+            env(b).stored_cores(&ns).iter().any(|f| f == ghost),
+            "an orphan younger than the grace period was removed"
+        );
+    }
+    eventually("the orphan to be removed after the grace period", || {
+        !env(b).stored_cores(&ns).iter().any(|f| f == ghost)
+    });
+    assert!(planted.elapsed() >= ORPHAN_GRACE);
+    assert_eq!(env(b).stored_cores(&ns), [format!("kept_{kept}.zst")]);
+    assert_eq!(get(&c, &path("kept"))["status"]["phase"], "Stored");
+    let d = c
+        .get(&format!("{}/download", path("kept")), &[])
+        .expect("download");
+    assert_eq!(d.status, 200);
+    eventually("the Failed event", || {
+        env(b)
+            .kubectl()
+            .coredump_event_reasons(&ns, "lost")
+            .unwrap_or_default()
+            .contains("Failed")
     });
 }

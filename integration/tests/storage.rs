@@ -1,24 +1,38 @@
 //! Cores stored within quota: admission, upload checks, downloads through the aggregator
-//! and directly, ranges, delete, namespace deletion, and flat server memory.
+//! and directly, ranges, delete, namespace deletion, and flat server memory — each test on
+//! both storage backends (`fs::…` and `s3::…`): the server's data directory, and a bucket
+//! of a real S3 server (versitygw), where the objects are checked through S3 and its posix
+//! root too.
 
 use std::sync::Arc;
 
 use coredump_integration::curl::{Curl, Reply};
-use coredump_integration::env::TestEnv;
+use coredump_integration::env::{Backend, TestEnv, S3_PREFIX};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 const API: &str = "/apis/coredump.io/v1alpha1";
 
-fn env() -> &'static TestEnv {
-    TestEnv::shared()
+fn env(b: Backend) -> &'static TestEnv {
+    TestEnv::shared_on(b)
 }
 
 /// The extension server directly, as the cluster admin (client certificate).
-fn direct() -> Curl {
-    env().direct_admin()
+fn direct(b: Backend) -> Curl {
+    env(b).direct_admin()
 }
+
+coredump_integration::on_each_backend!(
+    a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it,
+    parallel_creates_never_exceed_the_quota,
+    uploaded_cores_download_byte_identical_through_the_aggregator_and_directly,
+    a_quota_created_later_counts_the_coredumps_already_there,
+    deleting_the_namespace_removes_its_cores_from_storage,
+    server_memory_stays_flat_while_a_2gib_core_streams_in_and_out,
+    failed_and_cut_uploads_of_many_parts_leave_nothing_behind,
+    evict_oldest_makes_room_instead_of_rejecting,
+);
 
 /// A core-like body: zero pages, random bytes and repeated text.
 fn core_bytes(len: usize, seed: u64) -> Vec<u8> {
@@ -47,7 +61,10 @@ struct Core {
 }
 
 fn make_core(len: usize, seed: u64) -> Core {
-    let raw = core_bytes(len, seed);
+    core_from(core_bytes(len, seed))
+}
+
+fn core_from(raw: Vec<u8>) -> Core {
     let zst = zstd::encode_all(&raw[..], 3).expect("compress");
     let sha = hex::encode(Sha256::digest(&raw));
     Core { raw, zst, sha }
@@ -106,28 +123,9 @@ fn phase(c: &Curl, ns: &str, name: &str) -> Value {
     json!([o["status"]["phase"], o["status"]["reason"]])
 }
 
-fn cores_dir() -> std::path::PathBuf {
-    env().server().dir.join("data/cores")
-}
-
-fn files_under(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.flatten() {
-            if e.path().is_dir() {
-                out.extend(files_under(&e.path()));
-            } else {
-                out.push(e.path().display().to_string());
-            }
-        }
-    }
-    out
-}
-
-#[test]
-fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
-    let ns = env().namespace("st-quota").expect("ns");
-    let c = direct();
+fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it(b: Backend) {
+    let ns = env(b).namespace("st-quota").expect("ns");
+    let c = direct(b);
     assert_eq!(
         post(
             &c,
@@ -164,7 +162,7 @@ fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
     );
     assert_eq!(used(&c, &ns), json!({"storage": "600Ki", "count": "1"}));
     // kubectl shows it as a user would look.
-    let k = env().kubectl();
+    let k = env(b).kubectl();
     let table = k.ok(&["get", "coredumpquotas", "-n", &ns]).expect("get");
     assert!(
         table.contains("600Ki/1Mi") && table.contains("1/-"),
@@ -182,7 +180,7 @@ fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
             .any(|l| l.starts_with("first") && l.contains(" 2Mi ") && l.contains(" 600Ki ")),
         "{cds}"
     );
-    let history = eventually_reasons(&ns, "second", "Rejected");
+    let history = eventually_reasons(b, &ns, "second", "Rejected");
     let described = k
         .ok(&["describe", "coredump", "second", "-n", &ns])
         .expect("describe");
@@ -219,10 +217,9 @@ fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it() {
     assert_eq!(phase(&c, &ns, "third"), json!(["Pending", null]));
 }
 
-#[test]
-fn parallel_creates_never_exceed_the_quota() {
-    let ns = env().namespace("st-parallel").expect("ns");
-    let c = direct();
+fn parallel_creates_never_exceed_the_quota(b: Backend) {
+    let ns = env(b).namespace("st-parallel").expect("ns");
+    let c = direct(b);
     assert_eq!(
         post(
             &c,
@@ -267,22 +264,22 @@ fn parallel_creates_never_exceed_the_quota() {
     assert_eq!(used(&c, &ns)["count"], "10");
 }
 
-#[test]
-fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() {
-    let ns = env().namespace("st-roundtrip").expect("ns");
-    let c = direct();
+fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly(b: Backend) {
+    let ns = env(b).namespace("st-roundtrip").expect("ns");
+    let c = direct(b);
     let core = make_core(3 << 20, 7);
     let (size, stored) = (core.raw.len() as u64, core.zst.len() as u64);
-    assert_eq!(
-        post(
-            &c,
-            &ns,
-            "coredumps",
-            &coredump(&ns, "rt", size, stored, &core.sha)
-        )
-        .status,
-        201
+    let created = post(
+        &c,
+        &ns,
+        "coredumps",
+        &coredump(&ns, "rt", size, stored, &core.sha),
     );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let uid = created.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
     // Not stored yet: nothing to download.
     assert_eq!(
         c.get(&format!("{API}/namespaces/{ns}/coredumps/rt/download"), &[])
@@ -308,9 +305,11 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
     assert_eq!(r.status, 422, "{}", r.text());
     assert_eq!(phase(&c, &ns, "rt"), json!(["Pending", null]));
     assert!(
-        files_under(&cores_dir().join(&ns)).is_empty(),
-        "nothing kept after a bad upload"
+        env(b).stored_cores(&ns).is_empty(),
+        "nothing kept after a bad upload: {:?}",
+        env(b).stored_cores(&ns)
     );
+    assert!(env(b).partial_uploads(&ns, &uid).is_empty());
 
     let r = upload(&c, &ns, "rt", &core.zst);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -321,6 +320,20 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
         409,
         "a second upload is refused"
     );
+    // Stored as <name>_<uid>.zst under the namespace, the compressed bytes as sent.
+    assert_eq!(env(b).stored_cores(&ns), [format!("rt_{uid}.zst")]);
+    if let Some(s3) = env(b).s3() {
+        let key = format!("{S3_PREFIX}/{ns}/rt_{uid}.zst");
+        assert_eq!(
+            s3.files(&format!("{S3_PREFIX}/{ns}/")),
+            std::slice::from_ref(&key)
+        );
+        assert!(
+            std::fs::read(s3.root.join(&s3.bucket).join(&key)).expect("the object's file")
+                == core.zst
+        );
+    }
+    assert!(env(b).partial_uploads(&ns, &uid).is_empty());
 
     // Direct, with the headers a user needs.
     let d = c
@@ -353,7 +366,7 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
     );
 
     // Through the aggregator with kubectl, whole and in pieces.
-    let k = env().kubectl();
+    let k = env(b).kubectl();
     let path = format!("{API}/namespaces/{ns}/coredumps/rt/download");
     let whole = k
         .command()
@@ -372,14 +385,29 @@ fn uploaded_cores_download_byte_identical_through_the_aggregator_and_directly() 
     })
     .expect("download in pieces");
     assert_eq!(hex::encode(Sha256::digest(&pieces)), core.sha);
+
+    // Deleting the Coredump deletes its bytes.
+    let r = c
+        .request(
+            "DELETE",
+            &format!("{API}/namespaces/{ns}/coredumps/rt"),
+            &[],
+            None,
+        )
+        .expect("curl");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        env(b).stored_cores(&ns).is_empty(),
+        "{:?}",
+        env(b).stored_cores(&ns)
+    );
 }
 
 /// Without a quota the server does not track usage; a quota created later counts what is
 /// already there, and follows deletes from then on.
-#[test]
-fn a_quota_created_later_counts_the_coredumps_already_there() {
-    let ns = env().namespace("st-late").expect("ns");
-    let c = direct();
+fn a_quota_created_later_counts_the_coredumps_already_there(b: Backend) {
+    let ns = env(b).namespace("st-late").expect("ns");
+    let c = direct(b);
     for (name, stored) in [("a", 100 << 10), ("b", 300 << 10), ("c", 600 << 10)] {
         let r = post(
             &c,
@@ -419,10 +447,9 @@ fn a_quota_created_later_counts_the_coredumps_already_there() {
     assert_eq!(used(&c, &ns), json!({"storage": "700Ki", "count": "2"}));
 }
 
-#[test]
-fn deleting_the_namespace_removes_its_cores_from_disk() {
-    let ns = env().namespace("st-nsdel").expect("ns");
-    let c = direct();
+fn deleting_the_namespace_removes_its_cores_from_storage(b: Backend) {
+    let ns = env(b).namespace("st-nsdel").expect("ns");
+    let c = direct(b);
     let core = make_core(200 << 10, 9);
     let obj = coredump(
         &ns,
@@ -433,16 +460,19 @@ fn deleting_the_namespace_removes_its_cores_from_disk() {
     );
     assert_eq!(post(&c, &ns, "coredumps", &obj).status, 201);
     assert_eq!(upload(&c, &ns, "gone", &core.zst).status, 200);
-    assert_eq!(files_under(&cores_dir().join(&ns)).len(), 1);
-    env()
+    assert_eq!(env(b).stored_cores(&ns).len(), 1);
+    env(b)
         .kubectl()
         .ok(&["delete", "namespace", &ns, "--timeout=60s"])
         .expect("delete namespace");
     assert!(
-        files_under(&cores_dir().join(&ns)).is_empty(),
+        env(b).stored_cores(&ns).is_empty(),
         "{:?}",
-        files_under(&cores_dir())
+        env(b).stored_cores(&ns)
     );
+    if let Some(s3) = env(b).s3() {
+        assert!(s3.files(&format!("{S3_PREFIX}/{ns}/")).is_empty());
+    }
 }
 
 /// Peak resident memory of a process, from /proc.
@@ -458,10 +488,9 @@ fn vm_hwm_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-#[test]
-fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out() {
-    let ns = env().namespace("st-big").expect("ns");
-    let c = direct();
+fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out(b: Backend) {
+    let ns = env(b).namespace("st-big").expect("ns");
+    let c = direct(b);
     // 2 GiB raw: mostly zero pages with a random block every 64 MiB, compressed on the fly
     // to a file so the test itself stays small in memory too.
     let size: u64 = 2 << 30;
@@ -487,25 +516,28 @@ fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out() {
     }
     let sha = hex::encode(hasher.finalize());
     let stored = std::fs::metadata(&zst_path).expect("stat").len();
-    assert_eq!(
-        post(
-            &c,
-            &ns,
-            "coredumps",
-            &coredump(&ns, "big", size, stored, &sha)
-        )
-        .status,
-        201
+    let created = post(
+        &c,
+        &ns,
+        "coredumps",
+        &coredump(&ns, "big", size, stored, &sha),
     );
-    let pid = env().server().pid().expect("server pid");
+    assert_eq!(created.status, 201, "{}", created.text());
+    let uid = created.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+    let pid = env(b).server().pid().expect("server pid");
     let before = vm_hwm_kib(pid);
 
     let zst = std::fs::read(&zst_path).expect("read");
     assert_eq!(upload(&c, &ns, "big", &zst).status, 200);
     drop(zst);
+    assert_eq!(env(b).stored_cores(&ns).len(), 1);
+    assert!(env(b).partial_uploads(&ns, &uid).is_empty());
     // Download the raw 2 GiB straight into sha256sum, never into this process's memory.
-    let ep = &env().cp.endpoints;
-    let server = env().server();
+    let ep = &env(b).cp.endpoints;
+    let server = env(b).server();
     let out = std::process::Command::new("bash")
         .arg("-c")
         .arg(format!(
@@ -538,10 +570,110 @@ fn server_memory_stays_flat_while_a_2gib_core_streams_in_and_out() {
     );
 }
 
-#[test]
-fn evict_oldest_makes_room_instead_of_rejecting() {
-    let ns = env().namespace("st-evict").expect("ns");
-    let c = direct();
+/// An upload of several of the S3 backend's 8 MiB parts that fails at its end (content of
+/// the right length whose checksum is wrong) or that the client cuts off leaves no core
+/// and no partial upload: the file in .tmp goes, the multipart upload is aborted. The
+/// whole core then stores and reads back across its parts.
+fn failed_and_cut_uploads_of_many_parts_leave_nothing_behind(b: Backend) {
+    let ns = env(b).namespace("st-parts").expect("ns");
+    let c = direct(b);
+    // Incompressible, so that the stored bytes are about as many as the raw ones.
+    let random = |seed: u64| -> Vec<u8> {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        (0..20 << 20).map(|_| rng.random::<u8>()).collect()
+    };
+    let core = core_from(random(40));
+    assert!(core.zst.len() > 2 * (8 << 20), "{}", core.zst.len());
+    let created = post(
+        &c,
+        &ns,
+        "coredumps",
+        &coredump(
+            &ns,
+            "parts",
+            core.raw.len() as u64,
+            core.zst.len() as u64,
+            &core.sha,
+        ),
+    );
+    assert_eq!(created.status, 201, "{}", created.text());
+    let uid = created.json()["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
+
+    // Another core's bytes at the same length: wrong only once (nearly) all are in.
+    let mut wrong = zstd::encode_all(&random(41)[..], 3).expect("compress");
+    wrong.resize(core.zst.len(), 0);
+    let r = upload(&c, &ns, "parts", &wrong);
+    assert_eq!(r.status, 422, "{}", r.text());
+    eventually("the failed upload's partial upload to go", || {
+        env(b).partial_uploads(&ns, &uid).is_empty()
+    });
+    assert!(env(b).stored_cores(&ns).is_empty());
+
+    // Cut by the client in the middle of a slow upload.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("core.zst");
+    std::fs::write(&body, &core.zst).expect("write");
+    let mut cmd = c.command("PUT", &[("Content-Type", "application/zstd")]);
+    cmd.args(["--limit-rate", "2M", "-o", "/dev/null"])
+        .arg("--data-binary")
+        .arg(format!("@{}", body.display()))
+        .arg(format!(
+            "{}{API}/namespaces/{ns}/coredumps/parts/upload",
+            c.base
+        ))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut slow = cmd.spawn().expect("curl");
+    eventually("the slow upload to reach the storage", || {
+        !env(b).partial_uploads(&ns, &uid).is_empty()
+    });
+    let _ = slow.kill();
+    let _ = slow.wait();
+    eventually("the cut upload's partial upload to go", || {
+        env(b).partial_uploads(&ns, &uid).is_empty()
+    });
+    assert!(env(b).stored_cores(&ns).is_empty());
+    assert_eq!(phase(&c, &ns, "parts"), json!(["Pending", null]));
+
+    // The whole core, then a range across the first part's end.
+    let r = upload(&c, &ns, "parts", &core.zst);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(env(b).stored_cores(&ns), [format!("parts_{uid}.zst")]);
+    assert!(env(b).partial_uploads(&ns, &uid).is_empty());
+    let z = c
+        .get(
+            &format!("{API}/namespaces/{ns}/coredumps/parts/download?compressed=true"),
+            &[],
+        )
+        .expect("curl");
+    assert!(z.body == core.zst, "compressed download differs");
+    let (from, to) = ((8 << 20) - 100, (8 << 20) + 99);
+    let range = format!("bytes={from}-{to}");
+    let part = c
+        .get(
+            &format!("{API}/namespaces/{ns}/coredumps/parts/download"),
+            &[("Range", &range)],
+        )
+        .expect("curl");
+    assert_eq!(part.status, 206);
+    assert_eq!(part.body, core.raw[from..=to]);
+}
+
+/// Polls `f` for up to 30 s.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "{what}: timed out");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn evict_oldest_makes_room_instead_of_rejecting(b: Backend) {
+    let ns = env(b).namespace("st-evict").expect("ns");
+    let c = direct(b);
     let mut q = quota(&ns, json!({"count": "2"}));
     q["spec"]["evictOldest"] = json!(true);
     assert_eq!(post(&c, &ns, "coredumpquotas", &q).status, 201);
@@ -577,20 +709,20 @@ fn evict_oldest_makes_room_instead_of_rejecting() {
     );
     assert_eq!(phase(&c, &ns, "mid"), json!(["Stored", null]));
     assert_eq!(used(&c, &ns)["count"], "2");
-    assert_eq!(
-        files_under(&cores_dir().join(&ns)).len(),
-        1,
-        "the evicted core's file is gone"
+    let stored = env(b).stored_cores(&ns);
+    assert!(
+        stored.len() == 1 && stored[0].starts_with("mid_"),
+        "the evicted core's bytes are gone: {stored:?}"
     );
-    eventually_reasons(&ns, "old", "Evicted");
-    eventually_reasons(&ns, "mid", "Stored");
+    eventually_reasons(b, &ns, "old", "Evicted");
+    eventually_reasons(b, &ns, "mid", "Stored");
 }
 
 /// The reasons of the Events about coredump `name`, once they include `want`.
-fn eventually_reasons(ns: &str, name: &str, want: &str) -> String {
+fn eventually_reasons(b: Backend, ns: &str, name: &str, want: &str) -> String {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let reasons = env()
+        let reasons = env(b)
             .kubectl()
             .coredump_event_reasons(ns, name)
             .unwrap_or_default();
