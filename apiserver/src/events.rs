@@ -156,6 +156,13 @@ impl EventSink {
         Arc::new(Self { tx })
     }
 
+    /// A sink that drops every note (tests without a cluster).
+    #[cfg(test)]
+    pub fn discard() -> Arc<Self> {
+        let (tx, _) = mpsc::channel::<Note>(1);
+        Arc::new(Self { tx })
+    }
+
     pub fn record(&self, note: Note) {
         if let Err(e) = self.tx.try_send(note) {
             tracing::warn!(error = %e, "event queue full; an event is dropped");

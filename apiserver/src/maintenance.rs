@@ -255,3 +255,144 @@ impl Maintenance {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::admission::{mark_stored, QuotaAdmission};
+    use crate::blobs::{FsBlobs, ObjectBlobs};
+    use crate::registry::kinds::{CoredumpKind, QuotaKind};
+    use crate::registry::{Chain, FieldValidation};
+    use crate::store::Store;
+    use bytes::Bytes;
+
+    fn maintenance(dir: &std::path::Path, blobs: Arc<dyn BlobStore>) -> Maintenance {
+        let store = Arc::new(Store::open(&dir.join("db"), 1000).expect("store"));
+        let kinds: Vec<Arc<dyn Kind>> = vec![Arc::new(CoredumpKind), Arc::new(QuotaKind)];
+        let chain = Chain(vec![Arc::new(QuotaAdmission {
+            blobs: Arc::clone(&blobs),
+            default_hard: Default::default(),
+            max_rejected: 100,
+        })]);
+        Maintenance {
+            registry: Arc::new(Registry::new(store, kinds, Arc::new(chain))),
+            blobs,
+            uploads: Arc::new(Uploads::default()),
+            events: crate::events::EventSink::discard(),
+            pending_timeout: Duration::from_secs(900),
+            orphan_grace: Duration::from_secs(3600),
+        }
+    }
+
+    async fn create(m: &Maintenance, name: &str) -> BlobKey {
+        let body = json!({
+            "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": "n1", "podName": "web", "podUID": "u-1", "containerName": "app",
+                "signal": 11, "dumpTime": "2026-01-01T00:00:00Z", "size": "1Ki",
+                "storedSize": "4", "sha256": "ab".repeat(32), "executable": "/bin/app",
+            }
+        });
+        let obj = m
+            .registry
+            .create(
+                &CoredumpKind,
+                "ns",
+                body,
+                FieldValidation::Strict,
+                &mut Ctx::default(),
+            )
+            .await
+            .expect("create");
+        blob_key(&obj).expect("key")
+    }
+
+    async fn put(m: &Maintenance, key: &BlobKey) {
+        let mut w = m.blobs.create(key).await.expect("create blob");
+        w.write(Bytes::from_static(b"core")).await.expect("write");
+        w.commit(4).await.expect("commit");
+    }
+
+    async fn stored(m: &Maintenance, key: &BlobKey) {
+        put(m, key).await;
+        let store_key = Key::new(COREDUMP.plural, &key.namespace, &key.name);
+        m.registry
+            .commit(|tx| mark_stored(tx, &store_key, &key.uid))
+            .await
+            .expect("mark stored");
+    }
+
+    async fn status(m: &Maintenance, name: &str) -> (Option<String>, Option<String>) {
+        let o = m
+            .registry
+            .get(&CoredumpKind, "ns", name)
+            .await
+            .expect("get");
+        (str_at(&o, "/status/phase"), str_at(&o, "/status/reason"))
+    }
+
+    async fn keys(m: &Maintenance) -> Vec<String> {
+        let list = m.blobs.list().await.expect("list");
+        list.into_iter().map(|e| e.key.name).collect()
+    }
+
+    /// The same reconciliation on whichever backend.
+    async fn reconciles(m: &mut Maintenance) {
+        let kept = create(m, "kept").await;
+        stored(m, &kept).await;
+        // An upload that committed its blob and died before marking it Stored.
+        let crashed = create(m, "crashed").await;
+        put(m, &crashed).await;
+        // A Stored core whose blob went missing.
+        let lost = create(m, "lost").await;
+        stored(m, &lost).await;
+        m.blobs.delete(&lost).await.expect("delete");
+        // A blob without any Coredump (its delete failed, say).
+        let orphan = BlobKey {
+            name: "orphan".into(),
+            ..kept.clone()
+        };
+        put(m, &orphan).await;
+        // Held by an upload in progress: never touched.
+        let busy = create(m, "busy").await;
+        put(m, &busy).await;
+        let guard = m.uploads.try_begin(&busy.to_string()).expect("guard");
+
+        m.reconcile().await.expect("reconcile");
+        assert_eq!(
+            keys(m).await,
+            ["busy", "kept", "orphan"],
+            "the orphan is young"
+        );
+        assert_eq!(status(m, "kept").await, (Some("Stored".into()), None));
+        assert_eq!(status(m, "crashed").await, (Some("Pending".into()), None));
+        assert_eq!(
+            status(m, "lost").await,
+            (Some("Failed".into()), Some("CoreMissing".into()))
+        );
+
+        m.orphan_grace = Duration::ZERO;
+        m.reconcile_blobs().await.expect("reconcile");
+        assert_eq!(keys(m).await, ["busy", "kept"], "past its grace period");
+        drop(guard);
+        m.reconcile_blobs().await.expect("reconcile");
+        assert_eq!(keys(m).await, ["kept"]);
+        assert_eq!(status(m, "kept").await, (Some("Stored".into()), None));
+    }
+
+    #[tokio::test]
+    async fn reconciliation_on_the_filesystem() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Arc::new(FsBlobs::new(&dir.path().join("cores")).expect("blobs"));
+        reconciles(&mut maintenance(dir.path(), blobs)).await;
+    }
+
+    #[tokio::test]
+    async fn reconciliation_on_object_storage() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mem = Arc::new(object_store::memory::InMemory::new());
+        let blobs = Arc::new(ObjectBlobs::new(mem, "prefix", "memory://prefix"));
+        reconciles(&mut maintenance(dir.path(), blobs)).await;
+    }
+}
