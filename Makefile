@@ -15,9 +15,10 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## A local control plane with the add-on running in the background; REAL_NODE=1: a real
-## node (kubelet, containerd, CNI) with the add-on installed from deploy/overlays/local.
+## node (kubelet, containerd, CNI) with the add-on installed from deploy/overlays/local;
+## STORAGE=s3: the cores in a bucket of a local S3 server (versitygw) started with it.
 up: controlplane build
-	$(DEV) up $(if $(filter-out 0,$(REAL_NODE)),--real-node)
+	$(DEV) up $(if $(filter-out 0,$(REAL_NODE)),--real-node) $(if $(STORAGE),--storage=$(STORAGE))
 
 ## One real crash in pod demo/crasher, seen through to a Stored Coredump (needs `make up`).
 demo: build

@@ -1,7 +1,9 @@
 //! `make up` / `make down` / `make demo`: a local control plane with the add-on, the roles
 //! of `deploy/rbac` as an install applies them, a namespace for each token user, and (as
 //! root) the node agent for this machine, left running in the background, its state
-//! (kubeconfig, logs, pid files) in `.local/`; and one real crash to see it work.
+//! (kubeconfig, logs, pid files) in `.local/`; and one real crash to see it work. With
+//! `--storage s3` (`make up STORAGE=s3`) the server keeps the cores in a bucket of a
+//! versitygw started beside it instead of its data directory.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +18,7 @@ use coredump_integration::extension::{self, ExtensionServer};
 use coredump_integration::kubectl::Kubectl;
 use coredump_integration::process::{stop_group, wait_for, Lifetime};
 use coredump_integration::realnode::{self, RealNode};
+use coredump_integration::s3::S3Server;
 use serde_json::json;
 
 /// The agent's handler and spool paths go into core_pattern (at most 127 characters):
@@ -58,6 +61,10 @@ enum Cmd {
         /// --archive) instead of building them.
         #[arg(long)]
         images: Option<PathBuf>,
+        /// Where the server keeps the cores: `fs` (its data directory) or `s3` (a bucket
+        /// of a local S3 server, versitygw, started with it; `make up STORAGE=s3`).
+        #[arg(long, value_enum, default_value = "fs")]
+        storage: Storage,
     },
     /// Stops everything `up` started (the agent first: it restores core_pattern).
     Down,
@@ -68,6 +75,15 @@ enum Cmd {
         timeout: Duration,
     },
 }
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Storage {
+    Fs,
+    S3,
+}
+
+/// The key prefix of the cores in `up --storage s3`'s bucket.
+const S3_PREFIX: &str = "cores";
 
 /// `REAL_NODE=1` / `--real-node`: empty, 0 and false are off.
 fn flag(s: &str) -> Result<bool, String> {
@@ -87,15 +103,21 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Up {
             real_node: true,
+            storage: Storage::S3,
+            ..
+        } => bail!("--storage s3 is for the local control plane, not --real-node"),
+        Cmd::Up {
+            real_node: true,
             images,
+            ..
         } => up_real_node(&cli.dir, images),
-        Cmd::Up { .. } => up(&cli.dir),
+        Cmd::Up { storage, .. } => up(&cli.dir, storage),
         Cmd::Down => down(&cli.dir),
         Cmd::Demo { timeout } => run_demo(&cli.dir, timeout),
     }
 }
 
-fn up(dir: &Path) -> anyhow::Result<()> {
+fn up(dir: &Path, storage: Storage) -> anyhow::Result<()> {
     let state = dir.join("state");
     if has_pids(&state) {
         bail!(
@@ -110,14 +132,26 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         ..Default::default()
     };
     let cp = ControlPlane::start(&state, &bin_dir, &opts).context("control plane")?;
+    let mut ext_opts = extension::Options {
+        lifetime: Lifetime::Detached,
+        ..Default::default()
+    };
+    let s3 = match storage {
+        Storage::Fs => None,
+        Storage::S3 => {
+            let s3 = S3Server::start_in(&state.join("s3"), Lifetime::Detached)
+                .context("S3 server (versitygw)")?;
+            ext_opts.args.extend(s3.server_args(S3_PREFIX));
+            ext_opts.env.extend(s3.server_env());
+            write_s3_env(&s3)?;
+            Some(s3)
+        }
+    };
     let server = ExtensionServer::start(
         &cp.endpoints,
         "apiserver",
         &workspace_bin("coredump-apiserver")?,
-        extension::Options {
-            lifetime: Lifetime::Detached,
-            ..Default::default()
-        },
+        ext_opts,
     )
     .context("extension server")?;
     let kubectl = Kubectl::new(&cp.endpoints);
@@ -132,7 +166,15 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         }
         Err(e) => format!("The node agent is not running ({e:#}); `make demo` needs it."),
     };
+    let storage_note = match &s3 {
+        None => "Cores are kept in the server's data directory (make up STORAGE=s3: in a bucket)."
+            .to_string(),
+        Some(s3) => s3_note(s3, &state.join("s3")),
+    };
     server.detach();
+    if let Some(s3) = s3 {
+        s3.detach();
+    }
     let ep = cp.detach();
 
     let kubeconfig = dir.join("kubeconfig");
@@ -152,6 +194,7 @@ fn up(dir: &Path) -> anyhow::Result<()> {
          kubectl --context alice get coredumps -n team-a   # token users (role {USER_ROLE}): {users}\n\
          kubectl --context alice get coredumps -n team-b   # Forbidden: team-b is bob's\n\n\
          {agent_note}\n\
+         {storage_note}\n\
          Stop it all with: make down",
         state = state.display(),
         kc = shell_path(&kubeconfig),
@@ -159,6 +202,31 @@ fn up(dir: &Path) -> anyhow::Result<()> {
         users = users.join(", "),
     );
     Ok(())
+}
+
+/// `<s3 dir>/env`: the bucket's endpoint and credentials as shell variables, for a user's
+/// S3 client (`set -a; . .local/state/s3/env`).
+fn write_s3_env(s3: &S3Server) -> anyhow::Result<()> {
+    let env = format!(
+        "AWS_ACCESS_KEY_ID={}\nAWS_SECRET_ACCESS_KEY={}\nAWS_REGION={}\nAWS_ENDPOINT_URL={}\nCOREDUMP_BUCKET={}\nCOREDUMP_PREFIX={S3_PREFIX}\n",
+        s3.access_key, s3.secret_key, s3.region, s3.endpoint, s3.bucket
+    );
+    let path = s3.dir.join("env");
+    std::fs::write(&path, env).with_context(|| format!("write {}", path.display()))?;
+    Ok(())
+}
+
+/// What `up --storage s3` prints about the bucket: where the cores go and how to look.
+fn s3_note(s3: &S3Server, dir: &Path) -> String {
+    format!(
+        "Cores are kept in bucket {bucket} of versitygw at {endpoint}, as \
+         {S3_PREFIX}/<namespace>/<name>_<uid>.zst (its posix root: {root}). List them:\n\
+         (set -a; . {env}; curl -sS --aws-sigv4 \"aws:amz:$AWS_REGION:s3\" --user \"$AWS_ACCESS_KEY_ID:$AWS_SECRET_ACCESS_KEY\" -H \"x-amz-content-sha256: UNSIGNED-PAYLOAD\" \"$AWS_ENDPOINT_URL/$COREDUMP_BUCKET?list-type=2&prefix=$COREDUMP_PREFIX%2F\")",
+        bucket = s3.bucket,
+        endpoint = s3.endpoint,
+        root = shell_path(&s3.root.join(&s3.bucket)),
+        env = shell_path(&dir.join("env")),
+    )
 }
 
 /// `path` as the user can paste it from where they ran `make up`.
@@ -483,7 +551,45 @@ fn run_demo(dir: &Path, timeout: Duration) -> anyhow::Result<()> {
         "{}",
         demo::instructions(&outcome, &kubectl.kubeconfig, &bin)
     );
+    let s3_dir = state.join("s3");
+    if s3_dir.is_dir() {
+        println!("{}", demo_object(&s3_dir, &outcome)?);
+    }
     Ok(())
+}
+
+/// With `up --storage s3`: the demo's core as the object it is in the bucket (read from
+/// versitygw's posix root), or an error if it is not there.
+fn demo_object(s3_dir: &Path, outcome: &demo::Outcome) -> anyhow::Result<String> {
+    let dir = PathBuf::from(format!("{S3_PREFIX}/{}", demo::NAMESPACE));
+    let files = s3_dir
+        .join("root")
+        .join(coredump_integration::s3::BUCKET)
+        .join(&dir);
+    let object = std::fs::read_dir(&files)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .find(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .starts_with(&format!("{}_", outcome.coredump))
+        })
+        .with_context(|| {
+            format!(
+                "the core of {} is not in the bucket ({} has no {}_<uid>.zst)",
+                outcome.coredump,
+                files.display(),
+                outcome.coredump
+            )
+        })?;
+    let size = object.metadata()?.len();
+    Ok(format!(
+        "In the bucket: s3://{}/{}/{} ({size} bytes, zstd)",
+        coredump_integration::s3::BUCKET,
+        dir.display(),
+        object.file_name().to_string_lossy()
+    ))
 }
 
 fn pid_files(state: &Path) -> Vec<PathBuf> {
@@ -532,11 +638,12 @@ fn down(dir: &Path) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(state.join("real-node"));
         let _ = std::fs::remove_dir_all(state.join("node"));
     }
-    // Dependents first: the agent (it restores core_pattern), the add-on, then
-    // kube-apiserver, then etcd.
+    // Dependents first: the agent (it restores core_pattern), the add-on, its S3 server,
+    // then kube-apiserver, then etcd.
     let order = [
         "agent",
         "coredump",
+        "versitygw",
         "kube-controller-manager",
         "kube-apiserver",
         "etcd",
