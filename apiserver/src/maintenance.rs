@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use coredump_openapi::types::parse_duration;
 use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 
-use crate::admission::{blob_key, counts, usage, write_quota_status};
+use crate::admission::{blob_key, usage, write_quota_status};
 use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
@@ -89,7 +89,10 @@ impl Maintenance {
         let stored = self.blobs.list().await?;
         let now = SystemTime::now();
         for entry in stored.iter().filter(|e| !stored_keys.contains(&e.key)) {
-            let age = now.duration_since(entry.modified).unwrap_or_default();
+            // Backends may truncate the time to the second (HTTP dates): the age counts
+            // from the end of that second, so a blob is never taken as older than it is.
+            let modified = entry.modified + Duration::from_secs(1);
+            let age = now.duration_since(modified).unwrap_or_default();
             self.remove_leftover(&entry.key, age).await?;
         }
         let present: BTreeSet<_> = stored.into_iter().map(|e| e.key).collect();
@@ -99,7 +102,8 @@ impl Maintenance {
                 tracing::error!(namespace = %key.namespace, name = %key.name, "a Stored coredump has no core in the blob store");
                 self.fail(
                     &key,
-                    Some(&blob.uid),
+                    &blob.uid,
+                    CoredumpPhase::Stored,
                     "CoreMissing",
                     "the stored core is missing from the core storage",
                 )
@@ -139,12 +143,13 @@ impl Maintenance {
         Ok(())
     }
 
-    /// Moves a counting coredump to Failed and frees what it held.
-    /// With `uid`, only that incarnation of the object (not one re-created meanwhile).
+    /// Moves a coredump to Failed and frees what it held, if it is still the incarnation
+    /// `uid` and still in phase `from` (an upload may have finished meanwhile).
     async fn fail(
         &self,
         key: &Key,
-        uid: Option<&str>,
+        uid: &str,
+        from: CoredumpPhase,
         reason: &str,
         message: &str,
     ) -> Result<(), ApiError> {
@@ -153,8 +158,8 @@ impl Maintenance {
                 let Some(mut obj) = tx.get(key)? else {
                     return Ok(());
                 };
-                let same = uid.is_none_or(|u| str_at(&obj, "/metadata/uid").as_deref() == Some(u));
-                if !counts(&obj) || !same {
+                let same = str_at(&obj, "/metadata/uid").as_deref() == Some(uid);
+                if !same || phase_of(&obj) != Some(from) {
                     return Ok(());
                 }
                 obj["status"] =
@@ -174,10 +179,19 @@ impl Maintenance {
         for (key, obj) in &coredumps {
             let pending = phase_of(obj) == Some(CoredumpPhase::Pending);
             if pending && age_secs(obj, now).is_some_and(|a| a > pending_limit) {
+                let Some(blob) = blob_key(obj) else {
+                    continue;
+                };
+                // An upload in progress has arrived: it is not timed out under its feet
+                // (it would be refused at its end). Held while failing, so none starts.
+                let Some(_guard) = self.uploads.try_begin(&blob.to_string()) else {
+                    continue;
+                };
                 tracing::info!(namespace = %key.namespace, name = %key.name, "upload never arrived; releasing the reservation");
                 self.fail(
                     key,
-                    None,
+                    &blob.uid,
+                    CoredumpPhase::Pending,
                     "UploadTimeout",
                     &format!("no core was uploaded within {}s", pending_limit),
                 )
@@ -379,6 +393,25 @@ mod tests {
         m.reconcile_blobs().await.expect("reconcile");
         assert_eq!(keys(m).await, ["kept"]);
         assert_eq!(status(m, "kept").await, (Some("Stored".into()), None));
+    }
+
+    #[tokio::test]
+    async fn an_upload_in_progress_is_not_timed_out_under_its_feet() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let blobs = Arc::new(FsBlobs::new(&dir.path().join("cores")).expect("blobs"));
+        let mut m = maintenance(dir.path(), blobs);
+        m.pending_timeout = Duration::ZERO;
+        let key = create(&m, "slow").await;
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let guard = m.uploads.try_begin(&key.to_string()).expect("guard");
+        m.tick().await.expect("tick");
+        assert_eq!(status(&m, "slow").await, (Some("Pending".into()), None));
+        drop(guard);
+        m.tick().await.expect("tick");
+        assert_eq!(
+            status(&m, "slow").await,
+            (Some("Failed".into()), Some("UploadTimeout".into()))
+        );
     }
 
     #[tokio::test]
