@@ -41,6 +41,11 @@ fn env(b: Backend) -> &'static TestEnv {
         Backend::S3 => &S3,
     }
     .get_or_init(|| {
+        // One environment starts at a time: two control planes starting together on two
+        // cores can make kube-apiserver miss this environment's 2 s request timeout while
+        // the extension server registers.
+        static START: Mutex<()> = Mutex::new(());
+        let _start = START.lock().unwrap_or_else(|e| e.into_inner());
         TestEnv::start_shared_on(
             b,
             controlplane::Options {
