@@ -101,8 +101,8 @@ pub async fn run(
     let tls = Arc::new(tls::server_config(cert, provider)?);
 
     let db_path = args.data_dir.join("db");
-    let store = Arc::new(
-        store::Store::open(&db_path, args.revision_log_size).map_err(|source| {
+    let store: Arc<dyn store::MetadataStore> = Arc::new(
+        store::SledStore::open(&db_path, args.revision_log_size).map_err(|source| {
             StartError::Store {
                 path: db_path.clone(),
                 source,

@@ -46,12 +46,13 @@ fn age_secs(obj: &Value, now: i64) -> Option<i64> {
 
 impl Maintenance {
     fn all(&self, resource: &str) -> Result<Vec<(Key, Value)>, ApiError> {
-        let (_, objects) = self.registry.store.list_at(
+        let (_, objects) = self.registry.store.list(
             &Scope {
                 resource: resource.to_string(),
                 namespace: None,
             },
             None,
+            &[],
         )?;
         Ok(objects.into_iter().collect())
     }
@@ -277,11 +278,12 @@ mod tests {
     use crate::blobs::{FsBlobs, ObjectBlobs};
     use crate::registry::kinds::{CoredumpKind, QuotaKind};
     use crate::registry::{Chain, FieldValidation};
-    use crate::store::Store;
+    use crate::store::SledStore;
     use bytes::Bytes;
 
     fn maintenance(dir: &std::path::Path, blobs: Arc<dyn BlobStore>) -> Maintenance {
-        let store = Arc::new(Store::open(&dir.join("db"), 1000).expect("store"));
+        let store: Arc<dyn crate::store::MetadataStore> =
+            Arc::new(SledStore::open(&dir.join("db"), 1000).expect("store"));
         let kinds: Vec<Arc<dyn Kind>> = vec![Arc::new(CoredumpKind), Arc::new(QuotaKind)];
         let chain = Chain(vec![Arc::new(QuotaAdmission {
             blobs: Arc::clone(&blobs),

@@ -12,7 +12,7 @@ use prometheus::{
 };
 
 use crate::http::reqinfo::RequestInfo;
-use crate::store::Store;
+use crate::store::MetadataStore;
 
 /// The label value for anything outside a closed set.
 pub const OTHER: &str = "other";
@@ -42,12 +42,15 @@ pub struct Metrics {
     objects: IntGaugeVec,
     crashes: IntCounterVec,
     crash_series: Mutex<HashSet<(String, String)>>,
-    store: Arc<Store>,
+    store: Arc<dyn MetadataStore>,
     resources: Vec<&'static str>,
 }
 
 impl Metrics {
-    pub fn new(store: Arc<Store>, resources: Vec<&'static str>) -> Result<Self, prometheus::Error> {
+    pub fn new(
+        store: Arc<dyn MetadataStore>,
+        resources: Vec<&'static str>,
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
         let requests = IntCounterVec::new(
             Opts::new(
@@ -149,8 +152,13 @@ impl Metrics {
     /// The text exposition, with object counts read at scrape time.
     pub fn render(&self) -> String {
         for r in &self.resources {
-            let n = i64::try_from(self.store.count(r)).unwrap_or(i64::MAX);
-            self.objects.with_label_values(&[r]).set(n);
+            match self.store.count(r) {
+                Ok(n) => {
+                    let n = i64::try_from(n).unwrap_or(i64::MAX);
+                    self.objects.with_label_values(&[r]).set(n);
+                }
+                Err(e) => tracing::warn!(resource = r, error = %e, "counting objects"),
+            }
         }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause, Target};
-use crate::store::{Event, Key, Scope, Store, StoreError, Tx};
+use crate::store::{Event, Key, MetadataStore, Scope, StoreError, Tx};
 use coredump_openapi::CoredumpPhase;
 use coredump_openapi::{FieldError, GROUP};
 pub use select::{FieldSelector, LabelSelector};
@@ -193,7 +193,7 @@ pub struct ListResult {
 }
 
 pub struct Registry {
-    pub store: Arc<Store>,
+    pub store: Arc<dyn MetadataStore>,
     kinds: Vec<Arc<dyn Kind>>,
     admission: Arc<dyn Admission>,
 }
@@ -203,7 +203,7 @@ const NAME_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 impl Registry {
     pub fn new(
-        store: Arc<Store>,
+        store: Arc<dyn MetadataStore>,
         kinds: Vec<Arc<dyn Kind>>,
         admission: Arc<dyn Admission>,
     ) -> Self {
@@ -214,10 +214,12 @@ impl Registry {
         }
     }
 
-    /// A store transaction followed by admission's post-commit hook.
-    pub async fn commit<T>(
+    /// A store transaction followed by admission's post-commit hook. `f` may run more
+    /// than once (the store re-runs it on conflict): it must only read and write through
+    /// its `Tx`.
+    pub async fn commit<T: Send>(
         &self,
-        f: impl FnOnce(&mut Tx<'_>) -> Result<T, ApiError>,
+        f: impl FnMut(&mut Tx<'_>) -> Result<T, ApiError> + Send,
     ) -> Result<(T, Vec<Arc<Event>>), ApiError> {
         let (value, events) = self.store.transact(f).await?;
         self.admission.committed(&events);
@@ -279,7 +281,7 @@ impl Registry {
         };
         // Objects that cannot match the label selector are skipped before decoding.
         let fragments = opts.label.required_fragments();
-        let (rv, objects) = self.store.list_at_containing(&scope, at, &fragments).map_err(|e| match (e, &opts.continue_token) {
+        let (rv, objects) = self.store.list(&scope, at, &fragments).map_err(|e| match (e, &opts.continue_token) {
             (StoreError::Compacted { .. }, Some(_)) => ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
             ),
@@ -424,23 +426,24 @@ impl Registry {
         let dry_run = ctx.dry_run;
         let admission = Arc::clone(&self.admission);
         let ctx_ref: &Ctx = ctx;
-        let (created, _) = self
+        let (admitted, _) = self
             .commit(|tx| {
                 if tx.get(&key)?.is_some() {
                     return Err(ApiError::already_exists(target(kind, &name)));
                 }
+                // Admission changes the object: each run starts from the request's.
+                let mut obj = obj.clone();
                 admission.create(tx, kind, &mut obj, ctx_ref)?;
                 if dry_run {
                     tx.discard();
                 } else {
                     tx.put(key.clone(), obj.clone());
                 }
-                Ok::<_, ApiError>(())
+                Ok::<_, ApiError>(obj)
             })
             .await?;
-        let () = created;
         let stored = if dry_run {
-            Some(obj)
+            Some(admitted)
         } else {
             self.store.get(&key)?
         };
@@ -460,8 +463,15 @@ impl Registry {
         ctx: &mut Ctx,
     ) -> Result<Value, ApiError> {
         let new = self.decode_body(kind, &body, ns, Some(name), w.validation, ctx)?;
-        self.write_existing(kind, ns, name, ctx, move |_current| Ok(new), w.status_only)
-            .await
+        self.write_existing(
+            kind,
+            ns,
+            name,
+            ctx,
+            move |_current| Ok(new.clone()),
+            w.status_only,
+        )
+        .await
     }
 
     pub async fn patch(
@@ -474,6 +484,7 @@ impl Registry {
         ctx: &mut Ctx,
     ) -> Result<Value, ApiError> {
         let mut decode_ctx = ctx.clone();
+        let warned = decode_ctx.warnings.len();
         let result = self
             .write_existing(
                 kind,
@@ -481,6 +492,8 @@ impl Registry {
                 name,
                 ctx,
                 |current| {
+                    // Run again on conflict: only the last run's warnings count.
+                    decode_ctx.warnings.truncate(warned);
                     let mut doc = current.clone();
                     match patch_type {
                         PatchType::Merge => json_patch::merge(&mut doc, &patch),
@@ -516,7 +529,7 @@ impl Registry {
         ns: &str,
         name: &str,
         ctx: &Ctx,
-        make: impl FnOnce(&Value) -> Result<Value, ApiError>,
+        mut make: impl FnMut(&Value) -> Result<Value, ApiError> + Send,
         status_only: bool,
     ) -> Result<Value, ApiError> {
         let key = Key::new(kind.info().plural, ns, name);

@@ -23,7 +23,8 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Arc::new(Store::open(&dir.path().join("db"), 1000).expect("store"));
+    let store: Arc<dyn MetadataStore> =
+        Arc::new(crate::store::SledStore::open(&dir.path().join("db"), 1000).expect("store"));
     let kinds: Vec<Arc<dyn Kind>> = vec![
         Arc::new(CoredumpKind),
         Arc::new(QuotaKind),

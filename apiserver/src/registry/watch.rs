@@ -123,7 +123,7 @@ impl Watcher {
                     resource: self.kind.info().plural.to_string(),
                     namespace: self.scope_ns.clone(),
                 };
-                let (rv, objects) = match self.registry.store.list_at(&scope, None) {
+                let (rv, objects) = match self.registry.store.list(&scope, None, &[]) {
                     Ok(x) => x,
                     Err(e) => return self.send(WatchItem::Error(e.into())).await,
                 };
