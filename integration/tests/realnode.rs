@@ -352,6 +352,128 @@ fn crash_loop_restarts_are_each_attributed_to_their_container() {
     let _ = s.kubectl.run(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
+/// The agent's DaemonSet with an environment variable set (`NAME=VALUE`) or removed
+/// (`NAME-`): a rolling update, waited for until the new agent holds the pattern.
+fn set_agent_env(s: &Shared, change: &str) -> Result<(), coredump_integration::Error> {
+    s.kubectl.ok(&[
+        "-n",
+        "coredump-system",
+        "set",
+        "env",
+        "daemonset/coredump-node-agent",
+        change,
+    ])?;
+    realnode::wait_installed(&s.kubectl, WAIT)?;
+    // The old agent may still be stopping (maxSurge): until it is gone, "the agent's
+    // metrics" would be ambiguous.
+    wait_for("one agent pod", WAIT, || {
+        let names = s.kubectl.ok(&[
+            "-n",
+            "coredump-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=node-agent",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])?;
+        Ok((names.split_whitespace().count() == 1).then_some(()))
+    })
+}
+
+/// Puts the agent's default rate limit back, also when the test fails.
+struct AgentEnvReset<'a>(&'a Shared);
+
+impl Drop for AgentEnvReset<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = set_agent_env(self.0, "COREDUMP_RATE_LIMIT_COUNT-") {
+            eprintln!("resetting the agent's rate limit: {e}");
+        }
+    }
+}
+
+/// The agent's `coredump_agent_dropped_total{reason}` from its /metrics on the pod
+/// network.
+fn agent_dropped(s: &Shared, reason: &str) -> u64 {
+    let ip = s
+        .kubectl
+        .ok(&[
+            "-n",
+            "coredump-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/component=node-agent",
+            "-o",
+            "jsonpath={.items[0].status.podIP}",
+        ])
+        .expect("the agent's pod IP");
+    let (code, body) =
+        coredump_integration::agent::http_get(&format!("{}:9808", ip.trim()), "/metrics")
+            .expect("the agent's metrics");
+    assert_eq!(code, 200, "{body}");
+    let prefix = format!("coredump_agent_dropped_total{{reason=\"{reason}\"}} ");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|v| v.trim().parse().expect("a counter"))
+        .unwrap_or(0)
+}
+
+/// The per-pod rate limit counts a crash-looping container's real restarts (same pod
+/// UID, a new container ID each time): with 2 cores per pod per window, the first two
+/// crashes are stored and the third, after the kubelet's back-off, is dropped as
+/// `RateLimited`. The limit is set as an admin would, on the DaemonSet's environment
+/// (a rolling update, which also exercises the agent hand-over).
+#[test]
+fn the_rate_limit_holds_over_a_crash_loop_restarts() {
+    let Some(s) = shared() else { return };
+    let _g = write();
+    realnode::wait_installed(&s.kubectl, WAIT).expect("the add-on is installed");
+    let _reset = AgentEnvReset(s);
+    set_agent_env(s, "COREDUMP_RATE_LIMIT_COUNT=2").expect("rate limit set");
+    let limited_before = agent_dropped(s, "RateLimited");
+    let ns = namespace(s, "ratelimit", json!({}));
+    pod(
+        s,
+        &ns,
+        "looper",
+        json!({"restartPolicy": "Always",
+               "containers": [container("app", CRASHER_IMAGE, &["segv"])]}),
+        json!({}),
+    );
+    wait_for("a third crash of the container", WAIT, || {
+        let p = s.kubectl.ok(&[
+            "-n",
+            &ns,
+            "get",
+            "pod",
+            "looper",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])?;
+        Ok((p.trim().parse::<u32>().unwrap_or(0) >= 3).then_some(()))
+    })
+    .expect("the container restarted three times");
+    wait_for("the third core to be dropped", WAIT, || {
+        Ok((agent_dropped(s, "RateLimited") > limited_before).then_some(()))
+    })
+    .expect("a RateLimited drop");
+    let cds = stored(s, &ns, 2);
+    // Nothing more arrives for the pod (the drop is final).
+    std::thread::sleep(Duration::from_secs(3));
+    let all = list(
+        s,
+        &["get", "coredumps.coredump.io", "-n", &ns, "-o", "json"],
+    );
+    assert_eq!(all.len(), 2, "{all:?}");
+    let ids: Vec<&str> = cds
+        .iter()
+        .map(|cd| cd["spec"]["containerID"].as_str().expect("containerID"))
+        .collect();
+    assert_ne!(ids[0], ids[1], "two restarts, two container IDs");
+    let _ = s.kubectl.run(&["delete", "namespace", &ns, "--wait=false"]);
+}
+
 #[test]
 fn init_container_crash_is_attributed_to_the_init_container() {
     let Some(s) = shared() else { return };
@@ -690,15 +812,15 @@ fn crash_pod_and_wait_stored(s: &Shared, prefix: &str) -> (String, Vec<Value>) {
     (ns, cds)
 }
 
-/// A DaemonSet rolling update replaces the node's agent pod; on one node with
-/// `maxUnavailable: 1` (deploy/base/node-agent.yaml) the old pod goes first, and its
-/// preStop hook (`restore-pattern`, install::restore) puts the saved previous pattern
-/// back before the new agent exists. The guarantee the design gives, asserted here:
-/// core_pattern only ever holds our handler or the node's previous pattern (never
-/// another value, never our pattern saved as the previous one), the previous pattern at
-/// most once, in one stretch between the old agent's exit and the new one's install, and
-/// our pattern again, with the same previous pattern saved, once the new agent is
-/// Ready; crashes after the restart are stored.
+/// A DaemonSet rolling update replaces the node's agent pod without a gap in capture:
+/// with `maxSurge: 1` (deploy/base/node-agent.yaml) the new agent starts beside the old
+/// one and stands by for the core_pattern lock (holding the successor lock), the old
+/// one's preStop hook and exit see it waiting and leave the pattern installed
+/// (install::restore, `HandedOver`), and the new agent takes the lock over. Asserted:
+/// core_pattern, sampled every 2 ms from before the restart until the old pod is gone,
+/// only ever holds our handler (one torn read of a rewrite aside); the new agent stood
+/// by (its log), the previous pattern saved is unchanged, and a crash afterwards is
+/// stored.
 #[test]
 fn rollout_restart_of_the_agent_keeps_the_pattern_installed() {
     let Some(s) = shared() else { return };
@@ -714,6 +836,25 @@ fn rollout_restart_of_the_agent_keeps_the_pattern_installed() {
             .starts_with(realnode::HANDLER_PATTERN_PREFIX),
         "{previous:?}"
     );
+    let agent_pods = || {
+        s.kubectl
+            .ok(&[
+                "-n",
+                "coredump-system",
+                "get",
+                "pods",
+                "-l",
+                "app.kubernetes.io/component=node-agent",
+                "-o",
+                "jsonpath={.items[*].metadata.name}",
+            ])
+            .expect("agent pods")
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    let old = agent_pods();
+    assert_eq!(old.len(), 1, "{old:?}");
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = {
@@ -740,43 +881,45 @@ fn rollout_restart_of_the_agent_keeps_the_pattern_installed() {
             "restart",
             "daemonset/coredump-node-agent",
         ])?;
-        realnode::wait_installed(&s.kubectl, WAIT)
+        realnode::wait_installed(&s.kubectl, WAIT)?;
+        // Until the old agent has exited, its restore may still come.
+        s.kubectl.ok(&[
+            "-n",
+            "coredump-system",
+            "wait",
+            "--for=delete",
+            &format!("pod/{}", old[0]),
+            "--timeout=120s",
+        ])
     })();
+    // A crash in between is still captured; give a late write time to show.
+    std::thread::sleep(Duration::from_secs(2));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let runs = sampler.join().expect("sampler");
-    restarted.expect("the restarted agent is installed");
+    restarted.expect("the restarted agent is installed and the old one gone");
 
     // A read racing the kernel's (unlocked) copy of a new value may see a mix of the two:
-    // a single sample that is neither value is ignored. While no agent holds the
-    // core_pattern lock, a test of another binary (node-handler's, `make test` runs them
-    // side by side) may take it and install its own handler, putting the previous
-    // pattern back before it lets go: counted as the previous pattern.
-    let foreign = |v: &str| v != ours && v.starts_with('|') && v.contains(" capture ");
-    let mut seq: Vec<(String, usize)> = Vec::new();
-    for (v, n) in runs.iter().cloned() {
-        if n == 1 && v != ours && v != previous.previous_pattern {
-            continue;
-        }
-        let v = if foreign(&v) {
-            eprintln!("another handler owned core_pattern for {n} samples: {v}");
-            previous.previous_pattern.clone()
-        } else {
-            v
-        };
-        match seq.last_mut() {
-            Some((last, m)) if *last == v => *m += n,
-            _ => seq.push((v, n)),
-        }
-    }
-    let values: Vec<&str> = seq.iter().map(|(v, _)| v.as_str()).collect();
+    // a single sample that is neither value is ignored.
+    let seq: Vec<&(String, usize)> = runs.iter().filter(|(v, n)| *n > 1 || *v == ours).collect();
     let samples: usize = runs.iter().map(|(_, n)| n).sum();
-    eprintln!("core_pattern during the restart ({samples} samples): {seq:?}");
+    eprintln!("core_pattern during the restart ({samples} samples): {runs:?}");
+    assert!(samples > 100, "sampled {samples} times");
     assert!(
-        values == [ours.as_str()]
-            || values == [ours.as_str(), previous.previous_pattern.as_str(), &ours],
-        "core_pattern during the restart: {seq:?}"
+        seq.iter().all(|(v, _)| *v == ours),
+        "core_pattern during the restart was not always the handler: {runs:?}"
     );
     assert_eq!(sysctl(CORE_PATTERN), ours);
+    let new = agent_pods();
+    assert_eq!(new.len(), 1, "{new:?}");
+    assert_ne!(new, old);
+    let log = s
+        .kubectl
+        .ok(&["-n", "coredump-system", "logs", &format!("pod/{}", new[0])])
+        .expect("the new agent's log");
+    assert!(
+        log.contains("standing by to take it over"),
+        "the new agent did not start beside the old one: {log}"
+    );
     let after = saved_previous();
     assert_eq!(after.previous_pattern, previous.previous_pattern);
     assert_eq!(after.previous_pipe_limit, previous.previous_pipe_limit);

@@ -116,8 +116,12 @@ struct Installed {
 
 impl Drop for Installed {
     fn drop(&mut self) {
-        match install::restore(&Sysctls::default(), &self.spool, false) {
-            Ok(out) => info!(?out, "core_pattern restored"),
+        match install::restore(
+            &Sysctls::default(),
+            &self.spool,
+            &install::RestoreMode::if_ours(),
+        ) {
+            Ok(out) => info!(?out, "core_pattern restore"),
             Err(e) => warn!(error = %e, "restoring core_pattern"),
         }
     }
@@ -142,7 +146,14 @@ fn copy_self(to: &Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-fn install_handler(spool: &Path, s: &InstallSettings) -> Result<Installed, AgentError> {
+/// Installs the handler; `standing_by` is called if another agent holds the
+/// pattern and this one waits to succeed it (see
+/// [`install::SUCCESSOR_LOCK_PATH`]).
+fn install_handler(
+    spool: &Path,
+    s: &InstallSettings,
+    standing_by: impl FnOnce(),
+) -> Result<Installed, AgentError> {
     let handler = match &s.handler_path {
         Some(p) => {
             copy_self(p)?;
@@ -165,7 +176,14 @@ fn install_handler(spool: &Path, s: &InstallSettings) -> Result<Installed, Agent
         lock = install::PATTERN_LOCK_PATH,
         "taking the core_pattern lock"
     );
-    let lock = PatternLock::acquire()?;
+    let lock = PatternLock::acquire_or_succeed(
+        Path::new(install::PATTERN_LOCK_PATH),
+        Path::new(install::SUCCESSOR_LOCK_PATH),
+        || {
+            info!("another agent holds core_pattern; standing by to take it over when it stops");
+            standing_by();
+        },
+    )?;
     let state = install::install(&Sysctls::default(), &opts)?;
     info!(
         pattern = state.installed_pattern,
@@ -207,12 +225,21 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
     let client = kube_client(opts.kubeconfig.as_deref()).await?;
     let server = ServerClient::new(&opts.server)?;
 
+    // The watches and /readyz run while the agent waits for the pattern, so
+    // that a successor in a rolling update becomes Ready (and the old agent
+    // is stopped) while the old one still holds it.
+    let cancel = shutdown.child_token();
+    let index = SharedIndex::new();
+    let mut tasks = start_background(&opts, &client, &index, &spool, &metrics, listener, &cancel);
     // Last of the start-up steps that can fail, so a bad flag never leaves
     // our pattern behind.
     let installed = match opts.install.clone() {
         Some(s) => {
             let root = opts.spool.clone();
-            let done = tokio::task::spawn_blocking(move || install_handler(&root, &s));
+            let m = metrics.clone();
+            let done = tokio::task::spawn_blocking(move || {
+                install_handler(&root, &s, || m.set_pattern_held())
+            });
             tokio::select! {
                 r = done => Some(r.map_err(|e| AgentError::Task(e.to_string()))??),
                 _ = shutdown.cancelled() => return Ok(()),
@@ -220,51 +247,8 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         }
         None => None,
     };
+    metrics.set_pattern_held();
 
-    let result = serve(opts, spool, metrics, listener, client, server, shutdown).await;
-    if let Some(i) = installed {
-        let _ = tokio::task::spawn_blocking(move || drop(i)).await;
-    }
-    result
-}
-
-async fn serve(
-    opts: AgentOptions,
-    spool: Spool,
-    metrics: Metrics,
-    listener: tokio::net::TcpListener,
-    client: kube::Client,
-    server: ServerClient,
-    shutdown: CancellationToken,
-) -> Result<(), AgentError> {
-    let cancel = shutdown.child_token();
-    let index = SharedIndex::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(pods::watch_pods(
-        client.clone(),
-        opts.node_name.clone(),
-        index.clone(),
-        cancel.clone(),
-    ));
-    tasks.spawn(pods::watch_namespaces(
-        client.clone(),
-        index.clone(),
-        cancel.clone(),
-    ));
-    tasks.spawn(keep_optout(
-        index.clone(),
-        spool.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
-    {
-        let (m, c) = (metrics.clone(), cancel.clone());
-        tasks.spawn(async move {
-            if let Err(e) = metrics::serve(listener, m, c).await {
-                warn!(error = %e, "metrics server stopped");
-            }
-        });
-    }
     info!(
         node = opts.node_name,
         spool = %opts.spool.display(),
@@ -293,13 +277,54 @@ async fn serve(
     if tokio::time::timeout(STOP_GRACE, stop).await.is_err() {
         tasks.abort_all();
     }
+    if let Some(i) = installed {
+        let _ = tokio::task::spawn_blocking(move || drop(i)).await;
+    }
     info!("agent stopped");
     Ok(())
 }
 
+/// The pod and namespace watches, `optout.json` and the metrics server;
+/// stopped by `cancel` (or aborted when the set is dropped).
+fn start_background(
+    opts: &AgentOptions,
+    client: &kube::Client,
+    index: &SharedIndex,
+    spool: &Spool,
+    metrics: &Metrics,
+    listener: tokio::net::TcpListener,
+    cancel: &CancellationToken,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(pods::watch_pods(
+        client.clone(),
+        opts.node_name.clone(),
+        index.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(pods::watch_namespaces(
+        client.clone(),
+        index.clone(),
+        cancel.clone(),
+    ));
+    tasks.spawn(keep_optout(
+        index.clone(),
+        spool.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+    let (m, c) = (metrics.clone(), cancel.clone());
+    tasks.spawn(async move {
+        if let Err(e) = metrics::serve(listener, m, c).await {
+            warn!(error = %e, "metrics server stopped");
+        }
+    });
+    tasks
+}
+
 /// Rewrites `optout.json` whenever the opt-out set changes, once the
 /// watches have listed everything (an early, empty file would let opted-out
-/// pods' cores through). Marks the agent ready after the first write.
+/// pods' cores through). Marks the index synced after the first write.
 async fn keep_optout(
     index: SharedIndex,
     spool: Spool,
@@ -325,7 +350,7 @@ async fn keep_optout(
             Ok(Ok(())) => {
                 info!(pods = optout.pod_uids.len(), "optout.json updated");
                 written = Some(optout);
-                metrics.set_ready();
+                metrics.set_synced();
             }
             // Tried again on the next change; the capture side keeps using
             // the previous file meanwhile.

@@ -9,6 +9,7 @@ use std::io;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
@@ -21,6 +22,13 @@ pub const CORE_PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
 /// Everything that changes core_pattern on this node (tests of any crate,
 /// scripts) takes this lock first: the setting is global.
 pub const PATTERN_LOCK_PATH: &str = "/run/coredump-detector-core-pattern.lock";
+/// An agent that finds [`PATTERN_LOCK_PATH`] taken holds this one while it
+/// waits for it: in a DaemonSet rolling update with `maxSurge` the new agent
+/// starts before the old one stops, and the old one, seeing a successor,
+/// leaves its pattern installed for it instead of restoring the node's
+/// previous one (which would leave the node without capture in between).
+/// A flock, so a successor that dies stops counting at once.
+pub const SUCCESSOR_LOCK_PATH: &str = "/run/coredump-detector-core-pattern.next.lock";
 /// Concurrent piped dumps; >0 also makes the kernel keep `/proc/<pid>` until
 /// the handler is done.
 pub const DEFAULT_PIPE_LIMIT: u32 = 16;
@@ -252,22 +260,50 @@ pub enum RestoreOutcome {
     LeftAlone {
         current: String,
     },
+    /// Another agent waits to take over (see [`SUCCESSOR_LOCK_PATH`]): our
+    /// pattern and the saved previous values stay for it.
+    HandedOver,
 }
 
-/// Puts back the saved values if our pattern is still installed (or
-/// `force`), then forgets them.
-pub fn restore(sys: &Sysctls, spool: &Path, force: bool) -> Result<RestoreOutcome> {
+/// How [`restore`] decides.
+#[derive(Debug, Clone)]
+pub enum RestoreMode {
+    /// Only if our pattern is still installed and no successor waits at
+    /// this lock path.
+    IfOurs { successor_lock: PathBuf },
+    /// Even if someone else replaced our pattern, or a successor waits.
+    Force,
+}
+
+impl RestoreMode {
+    /// [`RestoreMode::IfOurs`] with the node-wide [`SUCCESSOR_LOCK_PATH`].
+    pub fn if_ours() -> Self {
+        Self::IfOurs {
+            successor_lock: SUCCESSOR_LOCK_PATH.into(),
+        }
+    }
+}
+
+/// Puts back the saved values if our pattern is still installed and no
+/// successor waits for it (or `Force`), then forgets them.
+pub fn restore(sys: &Sysctls, spool: &Path, mode: &RestoreMode) -> Result<RestoreOutcome> {
     let spool = Spool::new(spool);
     let Some(state) = InstallState::load(&spool)? else {
         return Ok(RestoreOutcome::NothingSaved);
     };
     let current = sys.read_pattern()?;
-    if !force && current != state.installed_pattern && !pattern::is_ours(&current) {
-        warn!(
-            current,
-            "core_pattern was changed by someone else; leaving it"
-        );
-        return Ok(RestoreOutcome::LeftAlone { current });
+    if let RestoreMode::IfOurs { successor_lock } = mode {
+        if current != state.installed_pattern && !pattern::is_ours(&current) {
+            warn!(
+                current,
+                "core_pattern was changed by someone else; leaving it"
+            );
+            return Ok(RestoreOutcome::LeftAlone { current });
+        }
+        if successor_waiting(successor_lock)? {
+            info!("another agent waits to take over core_pattern; leaving ours installed for it");
+            return Ok(RestoreOutcome::HandedOver);
+        }
     }
     sys.write_pattern(&state.previous_pattern)?;
     sys.write_pipe_limit(state.previous_pipe_limit)?;
@@ -284,6 +320,63 @@ pub fn restore(sys: &Sysctls, spool: &Path, force: bool) -> Result<RestoreOutcom
     })
 }
 
+/// Whether someone holds the successor lock at `path` (an agent waiting to
+/// take over the pattern). A missing file means no one.
+pub fn successor_waiting(path: &Path) -> Result<bool> {
+    let file = match OpenOptions::new().read(true).open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(source) => {
+            return Err(InstallError::Io {
+                op: "open",
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+    };
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        // Ours for a moment: no one waits; unlocked when dropped.
+        Ok(_free) => Ok(false),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, source)) => Err(InstallError::Lock {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .map_err(|source| InstallError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// Some(lock) when taken; None when it would block (`nonblock`).
+fn flock(path: &Path, nonblock: bool) -> Result<Option<Flock<File>>> {
+    let arg = if nonblock {
+        FlockArg::LockExclusiveNonblock
+    } else {
+        FlockArg::LockExclusive
+    };
+    match Flock::lock(open_lock_file(path)?, arg) {
+        Ok(l) => Ok(Some(l)),
+        Err((_, Errno::EWOULDBLOCK)) if nonblock => Ok(None),
+        Err((_, source)) => Err(InstallError::Lock {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// An exclusive flock on [`PATTERN_LOCK_PATH`], held until dropped. Take it
 /// around anything that changes core_pattern or core_pipe_limit.
 #[derive(Debug)]
@@ -298,25 +391,31 @@ impl PatternLock {
 
     /// Blocks until the lock at `path` is free.
     pub fn acquire_at(path: &Path) -> Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|source| InstallError::Io {
-                op: "open",
+        match flock(path, false)? {
+            Some(lock) => Ok(Self { _lock: lock }),
+            None => Err(InstallError::Lock {
                 path: path.to_path_buf(),
-                source,
-            })?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, source)| {
-            InstallError::Lock {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        Ok(Self { _lock: lock })
+                source: Errno::EWOULDBLOCK,
+            }),
+        }
+    }
+
+    /// Takes the lock at `lock`; if it is held, first announces itself as
+    /// the successor at `successor` (waiting for any earlier successor),
+    /// calls `standing_by`, waits for the lock and then stops announcing.
+    pub fn acquire_or_succeed(
+        lock: &Path,
+        successor: &Path,
+        standing_by: impl FnOnce(),
+    ) -> Result<Self> {
+        if let Some(l) = flock(lock, true)? {
+            return Ok(Self { _lock: l });
+        }
+        let announce = flock(successor, false)?;
+        standing_by();
+        let taken = Self::acquire_at(lock)?;
+        drop(announce);
+        Ok(taken)
     }
 }
 
@@ -378,6 +477,12 @@ mod tests {
         sys
     }
 
+    fn if_ours(dir: &Path) -> RestoreMode {
+        RestoreMode::IfOurs {
+            successor_lock: dir.join("next.lock"),
+        }
+    }
+
     fn opts(dir: &Path) -> InstallOptions {
         InstallOptions {
             handler: "/h".into(),
@@ -414,7 +519,7 @@ mod tests {
             st.previous_pattern
         );
 
-        let out = restore(&sys, &o.spool, false).unwrap();
+        let out = restore(&sys, &o.spool, &if_ours(dir.path())).unwrap();
         assert_eq!(
             out,
             RestoreOutcome::Restored {
@@ -428,7 +533,7 @@ mod tests {
         );
         assert_eq!(sys.read_pipe_limit().unwrap(), 0);
         assert_eq!(
-            restore(&sys, &o.spool, false).unwrap(),
+            restore(&sys, &o.spool, &if_ours(dir.path())).unwrap(),
             RestoreOutcome::NothingSaved
         );
     }
@@ -441,13 +546,75 @@ mod tests {
         install(&sys, &o).unwrap();
         sys.write_pattern("|/usr/bin/other %p").unwrap();
         assert_eq!(
-            restore(&sys, &o.spool, false).unwrap(),
+            restore(&sys, &o.spool, &if_ours(dir.path())).unwrap(),
             RestoreOutcome::LeftAlone {
                 current: "|/usr/bin/other %p".into()
             }
         );
         assert!(matches!(
-            restore(&sys, &o.spool, true).unwrap(),
+            restore(&sys, &o.spool, &RestoreMode::Force).unwrap(),
+            RestoreOutcome::Restored { .. }
+        ));
+        assert_eq!(sys.read_pattern().unwrap(), "core");
+    }
+
+    /// A rolling update with maxSurge: the new agent starts while the old
+    /// one holds the lock; the old one's restore (preStop, then its own on
+    /// exit) leaves the pattern for it, and the new one keeps the node's
+    /// original as the previous pattern.
+    #[test]
+    fn an_agent_with_a_successor_hands_the_pattern_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let (lock, next) = (dir.path().join("lock"), dir.path().join("next.lock"));
+        let sys = fake_sysctls(dir.path(), "|/usr/bin/previous %p", 3);
+        let o = opts(dir.path());
+        let old = PatternLock::acquire_at(&lock).unwrap();
+        let st = install(&sys, &o).unwrap();
+        assert!(!successor_waiting(&next).unwrap());
+
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (l2, n2, sys2, o2) = (lock.clone(), next.clone(), sys.clone(), o.clone());
+        let new = std::thread::spawn(move || {
+            let _l = PatternLock::acquire_or_succeed(&l2, &n2, || tx.send(()).unwrap()).unwrap();
+            install(&sys2, &o2).unwrap()
+        });
+        rx.recv().unwrap();
+        assert!(successor_waiting(&next).unwrap());
+        for _ in 0..2 {
+            assert_eq!(
+                restore(&sys, &o.spool, &if_ours(dir.path())).unwrap(),
+                RestoreOutcome::HandedOver
+            );
+            assert_eq!(sys.read_pattern().unwrap(), st.installed_pattern);
+            assert_eq!(sys.read_pipe_limit().unwrap(), 16);
+        }
+        drop(old);
+        let taken = new.join().unwrap();
+        assert_eq!(taken.previous_pattern, "|/usr/bin/previous %p");
+        assert_eq!(taken.previous_pipe_limit, 3);
+        assert!(
+            !successor_waiting(&next).unwrap(),
+            "announced only while waiting"
+        );
+        // With no successor left, the new agent's restore is a restore.
+        assert_eq!(
+            restore(&sys, &o.spool, &if_ours(dir.path())).unwrap(),
+            RestoreOutcome::Restored {
+                pattern: "|/usr/bin/previous %p".into(),
+                pipe_limit: 3
+            }
+        );
+    }
+
+    #[test]
+    fn force_restores_even_with_a_successor_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let sys = fake_sysctls(dir.path(), "core", 0);
+        let o = opts(dir.path());
+        install(&sys, &o).unwrap();
+        let _waiting = flock(&dir.path().join("next.lock"), false).unwrap();
+        assert!(matches!(
+            restore(&sys, &o.spool, &RestoreMode::Force).unwrap(),
             RestoreOutcome::Restored { .. }
         ));
         assert_eq!(sys.read_pattern().unwrap(), "core");

@@ -130,7 +130,8 @@ struct InstallCmd {
 struct RestoreCmd {
     #[arg(short, long, env = "COREDUMP_SPOOL", default_value = DEFAULT_SPOOL)]
     spool: PathBuf,
-    /// Restore even if someone else replaced our pattern since.
+    /// Restore even if someone else replaced our pattern since, or another
+    /// agent waits to take it over.
     #[arg(long)]
     force: bool,
 }
@@ -297,7 +298,12 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::RestorePattern(c) => {
             init_stderr_logging();
-            let out = install::restore(&Sysctls::default(), &c.spool, c.force)?;
+            let mode = if c.force {
+                install::RestoreMode::Force
+            } else {
+                install::RestoreMode::if_ours()
+            };
+            let out = install::restore(&Sysctls::default(), &c.spool, &mode)?;
             println!("{out:?}");
             Ok(())
         }

@@ -28,8 +28,10 @@ pub struct Metrics {
     pub spool_entries: IntGauge,
     /// Delivery attempts that failed and will be retried.
     pub delivery_retries: IntCounter,
-    /// Set once the pod index is synced and optout.json written.
-    ready: Arc<AtomicBool>,
+    /// /readyz needs both: the pod index synced and optout.json written, and
+    /// the pattern held (see [`Metrics::set_pattern_held`]).
+    synced: Arc<AtomicBool>,
+    pattern_held: Arc<AtomicBool>,
 }
 
 impl Metrics {
@@ -76,7 +78,8 @@ impl Metrics {
             spool_bytes,
             spool_entries,
             delivery_retries,
-            ready: Arc::new(AtomicBool::new(false)),
+            synced: Arc::new(AtomicBool::new(false)),
+            pattern_held: Arc::new(AtomicBool::new(false)),
         })
     }
 
@@ -88,12 +91,27 @@ impl Metrics {
         self.dropped.with_label_values(&[reason.as_str()]).get()
     }
 
-    pub fn set_ready(&self) {
-        self.ready.store(true, Ordering::Relaxed);
+    /// The pod index is synced and `optout.json` written.
+    pub fn set_synced(&self) {
+        self.synced.store(true, Ordering::Relaxed);
     }
 
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed)
+    /// Our pattern is installed, or this agent stands by to take it over
+    /// from the one that holds it (a rolling update), or it is not ours to
+    /// install (`--no-install`).
+    pub fn set_pattern_held(&self) {
+        self.pattern_held.store(true, Ordering::Relaxed);
+    }
+
+    /// What /readyz still waits for; None when ready.
+    pub fn not_ready(&self) -> Option<&'static str> {
+        if !self.synced.load(Ordering::Relaxed) {
+            Some("pod index not synced yet\n")
+        } else if !self.pattern_held.load(Ordering::Relaxed) {
+            Some("core_pattern not installed yet\n")
+        } else {
+            None
+        }
     }
 
     pub fn render(&self) -> String {
@@ -113,13 +131,9 @@ async fn metrics(State(m): State<Metrics>) -> impl IntoResponse {
 }
 
 async fn readyz(State(m): State<Metrics>) -> impl IntoResponse {
-    if m.is_ready() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "pod index not synced yet\n",
-        )
+    match m.not_ready() {
+        None => (StatusCode::OK, "ok\n"),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

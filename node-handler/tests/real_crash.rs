@@ -621,7 +621,12 @@ fn host_process_goes_to_the_previous_pipe_handler() {
     );
 
     // restore-pattern puts the previous handler back.
-    let restored = install::restore(&Sysctls::default(), env.spool.root(), false).expect("restore");
+    let restored = install::restore(
+        &Sysctls::default(),
+        env.spool.root(),
+        &install::RestoreMode::if_ours(),
+    )
+    .expect("restore");
     assert!(matches!(restored, install::RestoreOutcome::Restored { .. }));
     assert_eq!(Sysctls::default().read_pattern().expect("read"), previous);
 }
