@@ -1,10 +1,20 @@
 //! Quota at admission, inside the write transaction: a new Coredump is admitted against
 //! every CoredumpQuota of its namespace (or the server-wide default) and reserves its
 //! bytes while `Pending`; over quota it is still recorded, as `Rejected/QuotaExceeded`.
-//! Usage is always recomputed from the namespace's Coredumps in the same transaction, so
+//!
+//! Usage comes from a per-namespace usage record (count and bytes of the Coredumps that
+//! hold room), kept in the same transaction as every Coredump write
+//! ([`Admission::prepare_commit`]), so admission reads one record instead of decoding
+//! the namespace's Coredumps under the write lock (#17). Invariants: in a namespace with a
+//! quota (or under a server default) the record, when present, equals the sum over its
+//! Coredumps at every revision, because each transaction adds the difference its own
+//! writes make before committing, and the store serializes transactions; without a
+//! record (an older store, a namespace that just got a quota, or one whose usage went
+//! to zero) usage is recomputed from the Coredumps and the record written. Start-up
+//! reconciliation rebuilds every record from the Coredumps ([`rebuild_usage`]). So
 //! `status.used` is exact by construction, also under concurrency and after restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
@@ -63,16 +73,103 @@ fn coredumps(tx: &Tx<'_>, ns: &str) -> Result<Vec<(Key, Value)>, ApiError> {
     })?)
 }
 
+/// Where a namespace's usage record lives: a resource no kind serves, so it is never
+/// listed, watched or counted as an object.
+pub const USAGE_RESOURCE: &str = "coredump.io:usage";
+
+pub fn usage_key(ns: &str) -> Key {
+    Key::new(USAGE_RESOURCE, ns, "usage")
+}
+
+/// What one Coredump (or its absence) adds to the usage.
+fn contribution(obj: Option<&Value>) -> Usage {
+    match obj {
+        Some(o) if counts(o) => Usage {
+            storage: cost(o),
+            count: 1,
+        },
+        _ => Usage::default(),
+    }
+}
+
+fn record_value(u: Usage) -> Value {
+    json!({"count": u.count, "storage": u.storage})
+}
+
+fn parse_record(v: &Value) -> Option<Usage> {
+    Some(Usage {
+        count: v.get("count")?.as_u64()?,
+        storage: v.get("storage")?.as_u64()?,
+    })
+}
+
+/// Usage by decoding every Coredump of the namespace, as the transaction sees them.
+fn scanned_usage(tx: &Tx<'_>, ns: &str) -> Result<Usage, ApiError> {
+    Ok(coredumps(tx, ns)?
+        .iter()
+        .fold(Usage::default(), |u, (_, o)| add(u, contribution(Some(o)))))
+}
+
+/// The committed record plus what this transaction's Coredump writes change (none
+/// without a record, or with one that does not parse: then usage is scanned).
+fn recorded_usage(tx: &Tx<'_>, ns: &str) -> Result<Option<Usage>, ApiError> {
+    let Some(mut u) = tx
+        .get_committed(&usage_key(ns))?
+        .as_ref()
+        .and_then(parse_record)
+    else {
+        return Ok(None);
+    };
+    for (k, new) in tx.pending() {
+        if k.resource == COREDUMP.plural && k.namespace == ns {
+            let old = tx.get_committed(k)?;
+            u = add(sub(u, contribution(old.as_ref())), contribution(new));
+        }
+    }
+    Ok(Some(u))
+}
+
 /// Usage of the namespace as the transaction sees it, `except` one object.
 pub fn usage(tx: &Tx<'_>, ns: &str, except: Option<&str>) -> Result<Usage, ApiError> {
-    let mut u = Usage::default();
-    for (k, o) in coredumps(tx, ns)? {
-        if Some(k.name.as_str()) != except && counts(&o) {
-            // Saturating: validation bounds each size, but a sum must never wrap (a
-            // wrapped sum would undercount and admit past the quota).
-            u.storage = u.storage.saturating_add(cost(&o));
-            u.count = u.count.saturating_add(1);
+    let total = match recorded_usage(tx, ns)? {
+        Some(u) => u,
+        None => scanned_usage(tx, ns)?,
+    };
+    Ok(match except {
+        Some(name) => {
+            let obj = tx.get(&Key::new(COREDUMP.plural, ns, name))?;
+            sub(total, contribution(obj.as_ref()))
         }
+        None => total,
+    })
+}
+
+/// Writes the namespace's record as `u`, if that changes it (an unchanged record takes
+/// no revision). A zero record is kept: without it the next admission would decode the
+/// namespace's Coredumps that hold no room (Rejected, Failed).
+fn write_record(tx: &mut Tx<'_>, ns: &str, u: Usage) -> Result<(), ApiError> {
+    let key = usage_key(ns);
+    let want = record_value(u);
+    if tx.get(&key)?.as_ref() != Some(&want) {
+        tx.put(key, want);
+    }
+    Ok(())
+}
+
+/// Recomputes the namespace's usage record from its Coredumps (start-up reconciliation:
+/// a record written by another version, or none yet); a namespace without Coredumps
+/// (deleted, say) loses its record.
+pub fn rebuild_usage(tx: &mut Tx<'_>, ns: &str) -> Result<Usage, ApiError> {
+    let all = coredumps(tx, ns)?;
+    let u = all
+        .iter()
+        .fold(Usage::default(), |u, (_, o)| add(u, contribution(Some(o))));
+    if all.is_empty() {
+        if tx.get(&usage_key(ns))?.is_some() {
+            tx.delete(usage_key(ns));
+        }
+    } else {
+        write_record(tx, ns, u)?;
     }
     Ok(u)
 }
@@ -185,10 +282,19 @@ fn quota_status(q: &Value, used: Usage) -> Value {
     })
 }
 
+// Saturating: validation bounds each size, but a sum must never wrap (a wrapped sum
+// would undercount and admit past the quota).
 fn add(a: Usage, b: Usage) -> Usage {
     Usage {
         storage: a.storage.saturating_add(b.storage),
         count: a.count.saturating_add(b.count),
+    }
+}
+
+fn sub(a: Usage, b: Usage) -> Usage {
+    Usage {
+        storage: a.storage.saturating_sub(b.storage),
+        count: a.count.saturating_sub(b.count),
     }
 }
 
@@ -330,6 +436,25 @@ impl Admission for QuotaAdmission {
         Ok(())
     }
 
+    /// Keeps the usage record of every namespace whose Coredumps this transaction writes,
+    /// where quota applies or a record already exists (a namespace without either never
+    /// pays for it).
+    fn prepare_commit(&self, tx: &mut Tx<'_>) -> Result<(), ApiError> {
+        let touched: BTreeSet<String> = tx
+            .pending()
+            .filter(|(k, _)| k.resource == COREDUMP.plural)
+            .map(|(k, _)| k.namespace.clone())
+            .collect();
+        for ns in touched {
+            let recorded = tx.get_committed(&usage_key(&ns))?.is_some();
+            if recorded || !limits(tx, &ns, &self.default_hard)?.is_empty() {
+                let u = usage(tx, &ns, None)?;
+                write_record(tx, &ns, u)?;
+            }
+        }
+        Ok(())
+    }
+
     fn finish(&self, events: &[Arc<Event>]) -> futures::future::BoxFuture<'static, ()> {
         // The objects are gone for good; their cores follow, before the request answers.
         // A failure leaves an orphan that reconciliation removes.
@@ -378,4 +503,212 @@ pub fn mark_stored(tx: &mut Tx<'_>, key: &Key, uid: &str) -> Result<Value, ApiEr
     obj["status"] = json!({"phase": CoredumpPhase::Stored, "storedAt": now_rfc3339()});
     tx.put(key.clone(), obj.clone());
     Ok(obj)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::blobs::FsBlobs;
+    use crate::maintenance::Maintenance;
+    use crate::registry::kinds::{CoredumpKind, QuotaKind};
+    use crate::registry::{Chain, FieldValidation, Preconditions, Registry, WriteOpts};
+    use crate::store::{MetadataStore, SledStore};
+    use crate::uploads::Uploads;
+
+    fn registry(dir: &Path) -> Arc<Registry> {
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(SledStore::open(&dir.join("db"), 100_000).expect("store"));
+        let blobs = Arc::new(FsBlobs::new(&dir.join("cores")).expect("blobs"));
+        let chain = Chain(vec![Arc::new(QuotaAdmission {
+            blobs,
+            default_hard: Default::default(),
+            max_rejected: 1000,
+        })]);
+        let kinds: Vec<Arc<dyn Kind>> = vec![Arc::new(CoredumpKind), Arc::new(QuotaKind)];
+        Arc::new(Registry::new(store, kinds, Arc::new(chain)))
+    }
+
+    fn coredump(name: &str) -> Value {
+        json!({
+            "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
+            "metadata": {"name": name},
+            "spec": {
+                "nodeName": "n1", "podName": "web", "podUID": "u-1", "containerName": "app",
+                "signal": 11, "dumpTime": "2026-01-01T00:00:00Z", "size": "1Ki",
+                "storedSize": "100", "sha256": "ab".repeat(32), "executable": "/bin/app",
+            }
+        })
+    }
+
+    /// The record, the Coredumps summed, and the quota's `status.used`.
+    fn observed(r: &Registry) -> (Option<Usage>, Usage, Value) {
+        let record = r
+            .store
+            .get(&usage_key("ns"))
+            .expect("record")
+            .as_ref()
+            .and_then(parse_record);
+        let scope = Scope {
+            resource: COREDUMP.plural.into(),
+            namespace: Some("ns".into()),
+        };
+        let (_, all) = r.store.list(&scope, None, &[]).expect("list");
+        let summed = all
+            .values()
+            .fold(Usage::default(), |u, o| add(u, contribution(Some(o))));
+        let quota = r
+            .store
+            .get(&Key::new(COREDUMP_QUOTA.plural, "ns", "q"))
+            .expect("quota")
+            .expect("quota exists");
+        (record, summed, quota["status"]["used"].clone())
+    }
+
+    fn assert_exact(r: &Registry) -> Usage {
+        let (record, summed, used) = observed(r);
+        assert_eq!(record, Some(summed), "the record is the Coredumps' sum");
+        assert_eq!(
+            used,
+            json!({"storage": format_bytes(summed.storage), "count": summed.count.to_string()})
+        );
+        summed
+    }
+
+    /// Concurrent creates (some over quota: Rejected, holding nothing), deletes and
+    /// give-ups (Pending → Failed) keep the usage record exactly the Coredumps' sum; it
+    /// survives a restart, and start-up reconciliation repairs one that drifted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn usage_record_stays_exact_under_concurrency_and_restarts() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path());
+        let mut ctx = Ctx::default();
+        r.create(
+            &QuotaKind,
+            "ns",
+            json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
+                   "metadata": {"name": "q"}, "spec": {"hard": {"count": "30"}}}),
+            FieldValidation::Strict,
+            &mut ctx,
+        )
+        .await
+        .expect("quota");
+        let tasks: Vec<_> = (0..8)
+            .map(|w| {
+                let r = Arc::clone(&r);
+                tokio::spawn(async move {
+                    for i in 0..12 {
+                        let name = format!("w{w}-{i}");
+                        let mut ctx = Ctx::default();
+                        r.create(
+                            &CoredumpKind,
+                            "ns",
+                            coredump(&name),
+                            FieldValidation::Strict,
+                            &mut ctx,
+                        )
+                        .await
+                        .expect("create");
+                        match i % 3 {
+                            0 => {
+                                r.delete(
+                                    &CoredumpKind,
+                                    "ns",
+                                    &name,
+                                    &Preconditions::default(),
+                                    &ctx,
+                                )
+                                .await
+                                .expect("delete");
+                            }
+                            1 => {
+                                let patch = json!({"status": {"phase": "Failed"}});
+                                // Refused for a Rejected one: only a Pending one may fail.
+                                let _ = r
+                                    .patch(
+                                        &CoredumpKind,
+                                        "ns",
+                                        &name,
+                                        (crate::registry::PatchType::Merge, patch),
+                                        WriteOpts {
+                                            status_only: true,
+                                            validation: FieldValidation::Strict,
+                                        },
+                                        &mut ctx,
+                                    )
+                                    .await;
+                            }
+                            _ => {}
+                        }
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.expect("task");
+        }
+        let before = assert_exact(&r);
+        assert!(before.count > 0 && before.count <= 30, "{before:?}");
+        drop(r);
+
+        // Restart: the record is read back as it was.
+        let r = registry(dir.path());
+        assert_eq!(assert_exact(&r), before);
+        // A record another version left behind (wrong), repaired at start-up.
+        r.commit(|tx| {
+            tx.put(
+                usage_key("ns"),
+                record_value(Usage {
+                    storage: 1,
+                    count: 999,
+                }),
+            );
+            Ok(())
+        })
+        .await
+        .expect("tamper");
+        let m = Maintenance {
+            registry: Arc::clone(&r),
+            blobs: Arc::new(FsBlobs::new(&dir.path().join("cores")).expect("blobs")),
+            uploads: Arc::new(Uploads::default()),
+            events: crate::events::EventSink::discard(),
+            pending_timeout: Duration::from_secs(900),
+            orphan_grace: Duration::from_secs(3600),
+        };
+        m.reconcile().await.expect("reconcile");
+        assert_eq!(assert_exact(&r), before);
+        // And it keeps being maintained.
+        let mut ctx = Ctx::default();
+        r.create(
+            &CoredumpKind,
+            "ns",
+            coredump("after"),
+            FieldValidation::Strict,
+            &mut ctx,
+        )
+        .await
+        .expect("create");
+        assert_exact(&r);
+    }
+
+    /// A namespace without any quota never gets a record (nor the extra revision).
+    #[tokio::test]
+    async fn no_quota_no_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry(dir.path());
+        let mut ctx = Ctx::default();
+        r.create(
+            &CoredumpKind,
+            "ns",
+            coredump("a"),
+            FieldValidation::Strict,
+            &mut ctx,
+        )
+        .await
+        .expect("create");
+        assert_eq!(r.store.get(&usage_key("ns")).expect("get"), None);
+        assert_eq!(r.store.current_rv().expect("rv"), 1);
+    }
 }

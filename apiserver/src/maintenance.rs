@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use coredump_openapi::types::parse_duration;
 use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 
-use crate::admission::{blob_key, usage, write_quota_status};
+use crate::admission::{blob_key, rebuild_usage, usage, write_quota_status, USAGE_RESOURCE};
 use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
@@ -57,18 +57,22 @@ impl Maintenance {
         Ok(objects.into_iter().collect())
     }
 
-    /// Makes derived state agree with the objects at start-up: quota usage, then the
-    /// blob store ([`Self::reconcile_blobs`]).
+    /// Makes derived state agree with the objects at start-up: quota usage (the usage
+    /// records rebuilt from the Coredumps, and the quotas' status), then the blob store
+    /// ([`Self::reconcile_blobs`]).
     pub async fn reconcile(&self) -> Result<(), ApiError> {
-        let mut namespaces: Vec<String> = self
+        let namespaces: BTreeSet<String> = self
             .all(COREDUMP_QUOTA.plural)?
             .into_iter()
+            .chain(self.all(USAGE_RESOURCE)?)
             .map(|(k, _)| k.namespace)
             .collect();
-        namespaces.dedup();
         for ns in namespaces {
             self.registry
-                .commit(|tx| write_quota_status(tx, &ns, |tx| usage(tx, &ns, None)))
+                .commit(|tx| {
+                    let used = rebuild_usage(tx, &ns)?;
+                    write_quota_status(tx, &ns, |_| Ok(used))
+                })
                 .await?;
         }
         self.reconcile_blobs().await

@@ -81,6 +81,11 @@ pub trait Admission: Send + Sync {
     ) -> Result<(), ApiError> {
         Ok(())
     }
+    /// Last in every transaction's body, after its writes: keeps state derived from them
+    /// (e.g. per-namespace usage) in the same transaction.
+    fn prepare_commit(&self, _tx: &mut Tx<'_>) -> Result<(), ApiError> {
+        Ok(())
+    }
     /// After a transaction is durable: side effects outside the store.
     fn committed(&self, _events: &[Arc<Event>]) {}
     /// After [`Self::committed`], awaited before the request is answered: asynchronous
@@ -129,6 +134,9 @@ impl Admission for Chain {
         ctx: &Ctx,
     ) -> Result<(), ApiError> {
         self.0.iter().try_for_each(|a| a.delete(tx, kind, obj, ctx))
+    }
+    fn prepare_commit(&self, tx: &mut Tx<'_>) -> Result<(), ApiError> {
+        self.0.iter().try_for_each(|a| a.prepare_commit(tx))
     }
     fn committed(&self, events: &[Arc<Event>]) {
         for a in &self.0 {
@@ -219,9 +227,17 @@ impl Registry {
     /// its `Tx`.
     pub async fn commit<T: Send>(
         &self,
-        f: impl FnMut(&mut Tx<'_>) -> Result<T, ApiError> + Send,
+        mut f: impl FnMut(&mut Tx<'_>) -> Result<T, ApiError> + Send,
     ) -> Result<(T, Vec<Arc<Event>>), ApiError> {
-        let (value, events) = self.store.transact(f).await?;
+        let admission = &self.admission;
+        let (value, events) = self
+            .store
+            .transact(|tx| {
+                let value = f(tx)?;
+                admission.prepare_commit(tx)?;
+                Ok::<_, ApiError>(value)
+            })
+            .await?;
         self.admission.committed(&events);
         // Spawned: it completes even if this request is cancelled meanwhile.
         let _ = tokio::spawn(self.admission.finish(&events)).await;

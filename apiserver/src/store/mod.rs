@@ -158,6 +158,16 @@ impl<'a> Tx<'a> {
         }
     }
 
+    /// The object as committed, before this transaction's writes.
+    pub fn get_committed(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+        self.base.get(key)
+    }
+
+    /// This transaction's writes so far, in key order (`None`: a deletion).
+    pub fn pending(&self) -> impl Iterator<Item = (&Key, Option<&Value>)> {
+        self.writes.iter().map(|(k, v)| (k, v.as_ref()))
+    }
+
     /// Every object in `scope` as this transaction sees it, in key order.
     pub fn list(&self, scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
         let mut map: BTreeMap<Key, Value> = self.base.list(scope)?.into_iter().collect();
