@@ -9,10 +9,13 @@
 //! - [`transfer`]: upload and download of one core, direct and through the aggregator,
 //!   against `cat` of the stored file.
 //! - [`e2e`]: crash → `Stored` through agent and server.
+//! - [`insight`]: the crash analysis's time per crash for each test program, and the
+//!   build-id cache after many crashes of one program.
 
 pub mod api;
 pub mod capture;
 pub mod e2e;
+pub mod insight;
 pub mod report;
 pub mod transfer;
 

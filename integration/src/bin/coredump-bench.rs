@@ -10,6 +10,7 @@ use clap::{Parser, ValueEnum};
 use coredump_integration::bench::api::{self, ApiOptions};
 use coredump_integration::bench::capture::{self, CaptureOptions};
 use coredump_integration::bench::e2e::{self, E2eOptions};
+use coredump_integration::bench::insight::{self, InsightOptions};
 use coredump_integration::bench::report::{self, Section};
 use coredump_integration::bench::transfer::{self, TransferOptions};
 use coredump_integration::bench::Scale;
@@ -19,6 +20,7 @@ use coredump_integration::env::TestEnv;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
     Capture,
+    Insight,
     Api,
     Transfer,
     E2e,
@@ -93,6 +95,15 @@ fn main() -> anyhow::Result<()> {
                     .section()
             }
             Err(why) => skipped("Capture", &why),
+        };
+        done(s);
+    }
+    if wants(Which::Insight) {
+        let s = match capture::available() {
+            Ok(()) => insight::run(&InsightOptions::for_scale(scale), &work.join("insight"))
+                .context("crash insight benchmark")?
+                .section(),
+            Err(why) => skipped("Crash insight", &why),
         };
         done(s);
     }
