@@ -519,12 +519,16 @@ mod tests {
     use crate::uploads::Uploads;
 
     fn registry(dir: &Path) -> Arc<Registry> {
+        registry_with(dir, BTreeMap::new())
+    }
+
+    fn registry_with(dir: &Path, default_hard: BTreeMap<String, u64>) -> Arc<Registry> {
         let store: Arc<dyn MetadataStore> =
             Arc::new(SledStore::open(&dir.join("db"), 100_000).expect("store"));
         let blobs = Arc::new(FsBlobs::new(&dir.join("cores")).expect("blobs"));
         let chain = Chain(vec![Arc::new(QuotaAdmission {
             blobs,
-            default_hard: Default::default(),
+            default_hard,
             max_rejected: 1000,
         })]);
         let kinds: Vec<Arc<dyn Kind>> = vec![Arc::new(CoredumpKind), Arc::new(QuotaKind)];
@@ -691,6 +695,37 @@ mod tests {
         .await
         .expect("create");
         assert_exact(&r);
+    }
+
+    /// Under the server default (no CoredumpQuota) the record is kept too, and admission
+    /// uses it: the third create is over the default count.
+    #[tokio::test]
+    async fn the_server_default_uses_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry_with(dir.path(), BTreeMap::from([(QUOTA_COUNT.to_string(), 2)]));
+        let mut phases = Vec::new();
+        for name in ["a", "b", "c"] {
+            let o = r
+                .create(
+                    &CoredumpKind,
+                    "ns",
+                    coredump(name),
+                    FieldValidation::Strict,
+                    &mut Ctx::default(),
+                )
+                .await
+                .expect("create");
+            phases.push(str_at(&o, "/status/phase").unwrap_or_default());
+        }
+        assert_eq!(phases, ["Pending", "Pending", "Rejected"]);
+        let record = r.store.get(&usage_key("ns")).expect("get");
+        assert_eq!(
+            record.as_ref().and_then(parse_record),
+            Some(Usage {
+                storage: 200,
+                count: 2
+            })
+        );
     }
 
     /// A namespace without any quota never gets a record (nor the extra revision).
