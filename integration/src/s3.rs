@@ -156,9 +156,14 @@ impl S3Server {
     /// [`Lifetime::Detached`] one leaves `dir/versitygw.pid` for `make down`.
     pub fn start_in(dir: &Path, lifetime: Lifetime) -> Result<Self, Error> {
         let bin = versitygw_bin()?;
+        std::fs::create_dir_all(dir.join("root"))
+            .map_err(|e| Error::Io(format!("mkdir {}/root", dir.display()), e))?;
+        // Absolute: versitygw runs in `dir`, so a relative `dir` (make up's
+        // `.local/state/s3`) would name its files twice over.
+        let dir = &dir
+            .canonicalize()
+            .map_err(|e| Error::Io(format!("canonicalize {}", dir.display()), e))?;
         let root = dir.join("root");
-        std::fs::create_dir_all(&root)
-            .map_err(|e| Error::Io(format!("mkdir {}", root.display()), e))?;
         let port = free_port()?;
         let mut server = Self {
             endpoint: format!("http://127.0.0.1:{port}"),

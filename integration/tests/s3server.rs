@@ -4,6 +4,7 @@
 //! completed, nothing left after an abort), refuses unsigned and wrongly signed requests,
 //! and leaves no process or file behind when it drops.
 
+use coredump_integration::process::Lifetime;
 use coredump_integration::s3::{S3Server, BUCKET};
 
 /// Reproducible bytes that do not compress to nothing.
@@ -198,4 +199,23 @@ fn a_large_object_streams_in_and_out_from_files() {
     let down = c.transfer("GET", &path, &[], None, &dst).expect("download");
     assert_eq!((down.status, down.downloaded), (200, body.len() as u64));
     assert!(std::fs::read(&dst).expect("read") == body);
+}
+
+/// `make up STORAGE=s3` starts it in the relative `.local/state/s3`: versitygw runs in that
+/// directory, so the paths it is given must not be relative to it (its access log was
+/// `.local/state/s3/.local/state/s3/access.log`, and it exited at once).
+#[test]
+fn starts_in_a_relative_directory() {
+    let tmp = tempfile::tempdir_in(".").expect("tempdir here");
+    let rel = tmp
+        .path()
+        .strip_prefix(std::env::current_dir().expect("cwd"))
+        .unwrap_or(tmp.path());
+    assert!(rel.is_relative(), "{}", rel.display());
+    let s3 = S3Server::start_in(&rel.join("s3"), Lifetime::Scoped).expect("start versitygw");
+    let body = bytes(4096, 7);
+    let r = s3.put_object("cores/ns/x_uid.zst", &body).expect("put");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(s3.files("cores/"), ["cores/ns/x_uid.zst"]);
+    assert!(tmp.path().join("s3/access.log").exists());
 }
