@@ -8,11 +8,14 @@
 //!   CustomResourceDefinition in the same kube-apiserver.
 //! - [`transfer`]: upload and download of one core, direct and through the aggregator,
 //!   against `cat` of the stored file.
+//! - [`backends`]: upload and download of one core on the filesystem and the S3 backend,
+//!   with the server's RSS growth during each transfer.
 //! - [`e2e`]: crash → `Stored` through agent and server.
 //! - [`insight`]: the crash analysis's time per crash for each test program, and the
 //!   build-id cache after many crashes of one program.
 
 pub mod api;
+pub mod backends;
 pub mod capture;
 pub mod e2e;
 pub mod insight;

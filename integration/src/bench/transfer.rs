@@ -123,7 +123,7 @@ pub fn write_mixed_core(zst: &Path, bytes: u64) -> Result<(String, u64), Error> 
     Ok((hex::encode(sha.finalize()), stored))
 }
 
-fn post_pending(
+pub(crate) fn post_pending(
     c: &Curl,
     ns: &str,
     name: &str,
@@ -198,7 +198,7 @@ fn measure<'a>(v: &'a mut Vec<Measure>, op: &str, path: &str, bytes: u64) -> &'a
 }
 
 /// Streams a download to a file and returns its sha256.
-fn sha_of_download(c: &Curl, path: &str, tmp: &Path) -> Result<String, Error> {
+pub(crate) fn sha_of_download(c: &Curl, path: &str, tmp: &Path) -> Result<String, Error> {
     let t = c.transfer("GET", path, &[], None, tmp)?;
     if t.status != 200 {
         return Err(Error::Setup(format!("GET {path}: {}", t.status)));

@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use coredump_integration::bench::api::{self, ApiOptions};
+use coredump_integration::bench::backends::{self, BackendsOptions};
 use coredump_integration::bench::capture::{self, CaptureOptions};
 use coredump_integration::bench::e2e::{self, E2eOptions};
 use coredump_integration::bench::insight::{self, InsightOptions};
@@ -15,7 +16,7 @@ use coredump_integration::bench::report::{self, Section};
 use coredump_integration::bench::transfer::{self, TransferOptions};
 use coredump_integration::bench::Scale;
 use coredump_integration::controlplane;
-use coredump_integration::env::TestEnv;
+use coredump_integration::env::{Backend, TestEnv};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum Which {
@@ -23,6 +24,7 @@ enum Which {
     Insight,
     Api,
     Transfer,
+    Backends,
     E2e,
 }
 
@@ -107,13 +109,13 @@ fn main() -> anyhow::Result<()> {
         };
         done(s);
     }
-    if wants(Which::Api) || wants(Which::Transfer) || wants(Which::E2e) {
+    if wants(Which::Api) || wants(Which::Transfer) || wants(Which::Backends) || wants(Which::E2e) {
         // etcd syncs its writes, as in a real cluster and as our server does.
         let cp = controlplane::Options {
             etcd_fsync: true,
             ..Default::default()
         };
-        let env = TestEnv::start(cp, Default::default()).context("local control plane")?;
+        let env = TestEnv::start(cp.clone(), Default::default()).context("local control plane")?;
         if wants(Which::Api) {
             let res = api::run(&env, &ApiOptions::for_scale(scale)).context("API benchmark")?;
             done(res.section());
@@ -127,6 +129,20 @@ fn main() -> anyhow::Result<()> {
                     &work.join("transfer"),
                 )
                 .context("transfer benchmark")?
+                .section(),
+            );
+        }
+        if wants(Which::Backends) {
+            // The S3 backend's own control plane and server, started after the first.
+            let s3 = TestEnv::start_on(Backend::S3, cp.clone(), Default::default())
+                .context("control plane on the S3 backend")?;
+            done(
+                backends::run(
+                    &[&env, &s3],
+                    &BackendsOptions::for_scale(scale),
+                    &work.join("backends"),
+                )
+                .context("storage backends benchmark")?
                 .section(),
             );
         }
