@@ -301,6 +301,21 @@ pub fn random_container_id() -> Result<String, Error> {
     Ok(b.iter().map(|x| format!("{x:02x}")).collect())
 }
 
+/// A fresh random container ID and a pod UID made from it (UUID-shaped), for a crash
+/// in a pod cgroup of its own.
+pub fn random_pod_ids() -> Result<(String, String), Error> {
+    let cid = random_container_id()?;
+    let pod_uid = format!(
+        "{}-{}-{}-{}-{}",
+        &cid[0..8],
+        &cid[8..12],
+        &cid[12..16],
+        &cid[16..20],
+        &cid[20..32]
+    );
+    Ok((pod_uid, cid))
+}
+
 /// A pod bound to a node, with a status as a kubelet would write it.
 #[derive(Clone, Debug)]
 pub struct FakePod {

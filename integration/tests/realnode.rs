@@ -352,6 +352,21 @@ fn crash_loop_restarts_are_each_attributed_to_their_container() {
     let _ = s.kubectl.run(&["delete", "namespace", &ns, "--wait=false"]);
 }
 
+/// The node agent's pods (one, or two during a rolling update's hand-over).
+fn agent_pod_names(s: &Shared) -> Result<Vec<String>, coredump_integration::Error> {
+    let names = s.kubectl.ok(&[
+        "-n",
+        "coredump-system",
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=node-agent",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    Ok(names.split_whitespace().map(str::to_string).collect())
+}
+
 /// The agent's DaemonSet with an environment variable set (`NAME=VALUE`) or removed
 /// (`NAME-`): a rolling update, waited for until the new agent holds the pattern.
 fn set_agent_env(s: &Shared, change: &str) -> Result<(), coredump_integration::Error> {
@@ -367,17 +382,7 @@ fn set_agent_env(s: &Shared, change: &str) -> Result<(), coredump_integration::E
     // The old agent may still be stopping (maxSurge): until it is gone, "the agent's
     // metrics" would be ambiguous.
     wait_for("one agent pod", WAIT, || {
-        let names = s.kubectl.ok(&[
-            "-n",
-            "coredump-system",
-            "get",
-            "pods",
-            "-l",
-            "app.kubernetes.io/component=node-agent",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ])?;
-        Ok((names.split_whitespace().count() == 1).then_some(()))
+        Ok((agent_pod_names(s)?.len() == 1).then_some(()))
     })
 }
 
@@ -836,23 +841,7 @@ fn rollout_restart_of_the_agent_keeps_the_pattern_installed() {
             .starts_with(realnode::HANDLER_PATTERN_PREFIX),
         "{previous:?}"
     );
-    let agent_pods = || {
-        s.kubectl
-            .ok(&[
-                "-n",
-                "coredump-system",
-                "get",
-                "pods",
-                "-l",
-                "app.kubernetes.io/component=node-agent",
-                "-o",
-                "jsonpath={.items[*].metadata.name}",
-            ])
-            .expect("agent pods")
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let agent_pods = || agent_pod_names(s).expect("agent pods");
     let old = agent_pods();
     assert_eq!(old.len(), 1, "{old:?}");
 

@@ -30,7 +30,7 @@ use coredump_node_handler::spool::{Spool, CORE_FILE};
 
 use super::report::{mib, ratio, secs, Section};
 use super::{mb_per_s, median, Scale};
-use crate::agent::{build_crasher, cgroup2_root, crash_timed, random_container_id, PodCgroup};
+use crate::agent::{build_crasher, cgroup2_root, crash_timed, random_pod_ids, PodCgroup};
 use crate::bins::workspace_bin;
 use crate::Error;
 
@@ -429,15 +429,7 @@ impl Ctx {
     fn crash_once(&self, h: Handler, size: u64) -> Result<Sample, Error> {
         // A fresh pod and container each time: our handler's rate limit (per pod) never
         // drops a core, and the cgroup path makes it a pod crash, not a host one.
-        let cid = random_container_id()?;
-        let pod_uid = format!(
-            "{}-{}-{}-{}-{}",
-            &cid[0..8],
-            &cid[8..12],
-            &cid[12..16],
-            &cid[16..20],
-            &cid[20..32]
-        );
+        let (pod_uid, cid) = random_pod_ids()?;
         let cg = PodCgroup::new(&pod_uid, &cid)?;
         // Instant is CLOCK_MONOTONIC too; this pair maps the signal onto the wrapper's clock.
         let (i0, m0) = (Instant::now(), monotonic_ns());

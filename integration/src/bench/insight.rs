@@ -24,7 +24,7 @@ use coredump_openapi::types::AnalysisState;
 use super::capture::{bench_spool, tree_size};
 use super::report::{mib, ms, Section};
 use super::{median, percentile, Scale};
-use crate::agent::{random_container_id, PodCgroup};
+use crate::agent::{random_pod_ids, PodCgroup};
 use crate::bins::workspace_bin;
 use crate::Error;
 
@@ -206,15 +206,7 @@ pub fn run(opts: &InsightOptions, work: &Path) -> Result<InsightResults, Error> 
     };
     let spool_dir = short.path().join("s");
     let spool = bench_spool(&spool_dir, &cfg)?;
-    let cid = random_container_id()?;
-    let pod_uid = format!(
-        "{}-{}-{}-{}-{}",
-        &cid[0..8],
-        &cid[8..12],
-        &cid[12..16],
-        &cid[16..20],
-        &cid[20..32]
-    );
+    let (pod_uid, cid) = random_pod_ids()?;
     let cg = PodCgroup::new(&pod_uid, &cid)?;
     let guard =
         CorePatternGuard::save().map_err(|e| Error::Setup(format!("saving core_pattern: {e}")))?;
