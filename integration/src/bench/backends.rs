@@ -103,7 +103,7 @@ pub struct BackendsResults {
     pub hwm_kib: Vec<(Backend, u64, u64)>,
 }
 
-/// A field (`VmRSS`, `VmHWM`) of /proc/<pid>/status, in KiB.
+/// A field (`VmRSS`, `VmHWM`) of `/proc/<pid>/status`, in KiB.
 pub fn status_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
