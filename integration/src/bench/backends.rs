@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use super::report::{mib, ratio, secs, Section};
 use super::transfer::{post_pending, sha_of_download, write_mixed_core};
-use super::{mb_per_s, median, Scale};
+use super::{mb_per_s, median};
 use crate::env::{Backend, TestEnv};
 use crate::Error;
 
@@ -28,26 +28,8 @@ pub const GOAL_S3_UPLOAD_RATIO: f64 = 1.5;
 /// The goal for the server's RSS growth during one transfer, whatever the core's size.
 pub const GOAL_RSS_GROWTH_KIB: u64 = 64 * 1024;
 
-#[derive(Clone, Debug)]
-pub struct BackendsOptions {
-    pub core_mib: u64,
-    pub repeats: usize,
-}
-
-impl BackendsOptions {
-    pub fn for_scale(s: Scale) -> Self {
-        match s {
-            Scale::Full => Self {
-                core_mib: 1024,
-                repeats: 3,
-            },
-            Scale::Tiny => Self {
-                core_mib: 4,
-                repeats: 1,
-            },
-        }
-    }
-}
+/// One core of the transfer benchmark's size, moved the same number of rounds.
+pub use super::transfer::TransferOptions as BackendsOptions;
 
 /// The server's resident memory around one transfer.
 #[derive(Clone, Copy, Debug, Default)]
