@@ -4,7 +4,7 @@ CARGO ?= cargo
 export PATH := $(PATH):/usr/local/go/bin:$(HOME)/.cargo/bin
 DEV := target/debug/coredump-dev
 
-.PHONY: up down test fmt-check lint msrv doc unit-and-integration controlplane build bench demo openapi
+.PHONY: up down test fmt-check lint msrv doc deny unit-and-integration controlplane build bench demo openapi
 
 ## Build the control plane (cached outside the repo) and the workspace's binaries; with
 ## REAL_NODE=1 also the node's (kubelet, kube-scheduler, kube-proxy, containerd, CoreDNS).
@@ -29,8 +29,9 @@ down:
 	@if [ -x $(DEV) ]; then $(DEV) down; else echo "nothing to stop"; fi
 
 ## fmt check, clippy (warnings are errors; the workspace lints), the declared MSRV
-## against the dependencies', rustdoc (warnings are errors), unit and integration tests.
-test: fmt-check lint msrv doc controlplane build unit-and-integration
+## against the dependencies', rustdoc (warnings are errors), cargo deny, unit and
+## integration tests.
+test: fmt-check lint msrv doc deny controlplane build unit-and-integration
 
 fmt-check:
 	$(CARGO) fmt --all -- --check
@@ -43,6 +44,22 @@ msrv:
 
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
+
+## cargo deny against deny.toml (.ci/run installs cargo-deny): licences, duplicate crates
+## and sources always, from the lock file alone. Advisories need the RustSec database, a
+## git repository on a code host: checked when it can be fetched or one is already on
+## disk, otherwise skipped with a message (this project's machines reach only the package
+## registries).
+DENY := $(CARGO) deny --offline --locked
+ADVISORY_DBS := $(or $(CARGO_HOME),$(HOME)/.cargo)/advisory-dbs
+deny:
+	$(CARGO) fetch --locked
+	$(DENY) check licenses bans sources
+	@if $(CARGO) deny fetch db >/dev/null 2>&1 || ls -d $(ADVISORY_DBS)/*/.git >/dev/null 2>&1; then \
+		$(DENY) check advisories; \
+	else \
+		echo "cargo deny: advisories not checked: the RustSec database cannot be fetched from here and none is in $(ADVISORY_DBS)"; \
+	fi
 
 unit-and-integration:
 	$(CARGO) test --workspace
