@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::bins::workspace_bin;
-use crate::controlplane::Endpoints;
+use crate::endpoints::Endpoints;
 use crate::env::TestEnv;
 use crate::kubectl::Kubectl;
 use crate::process::{free_port, wait_for, Lifetime, Proc};

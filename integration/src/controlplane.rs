@@ -9,12 +9,13 @@
 //! aggregated APIs to endpoint (pod) IPs; kube-controller-manager runs every controller;
 //! and the kubelet gets its own kubeconfig (`system:node:<name>`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
+use crate::endpoints::Endpoints;
 use crate::kubectl::Kubectl;
 use crate::pki::{self, Ca, PairFiles, Usage};
 use crate::process::{free_port, wait_for, Lifetime, Proc};
@@ -85,25 +86,6 @@ impl Default for Options {
             node: None,
         }
     }
-}
-
-/// Paths of everything a client of the control plane needs.
-#[derive(Clone, Debug)]
-pub struct Endpoints {
-    pub dir: PathBuf,
-    pub bin_dir: PathBuf,
-    pub server: String,
-    /// Admin kubeconfig (system:masters), with contexts `alice` and `bob` as well.
-    pub kubeconfig: PathBuf,
-    pub ca_cert: PathBuf,
-    pub front_proxy_ca: PathBuf,
-    /// A client certificate signed by the front-proxy CA with a name the aggregator does not
-    /// use: for tests that a server trusts only the allowed names.
-    pub front_proxy_other: PairFiles,
-    pub front_proxy_client: PairFiles,
-    pub sa_key: PathBuf,
-    /// With [`Options::node`]: the kubelet's kubeconfig.
-    pub kubelet_kubeconfig: Option<PathBuf>,
 }
 
 pub struct ControlPlane {

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::controlplane::Endpoints;
+use crate::endpoints::Endpoints;
 use crate::Error;
 
 /// Who a request authenticates as.

@@ -236,7 +236,10 @@ fn register_cleanup(dir: PathBuf) {
         dirs.push(dir);
     }
     HOOK.get_or_init(|| {
-        // SAFETY: registering a plain extern "C" function with no arguments.
+        // SAFETY: atexit only stores the pointer; `cleanup` is a static `extern "C" fn()`
+        // (valid for the whole program) that touches only a static Mutex and the file
+        // system, and a panic in it aborts instead of unwinding into libc.
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(cleanup);
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::controlplane::Endpoints;
+use crate::endpoints::Endpoints;
 use crate::kubectl::Kubectl;
 use crate::pki::{Ca, PairFiles, Usage};
 use crate::process::{free_port, wait_for, Lifetime, Proc};

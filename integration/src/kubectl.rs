@@ -4,7 +4,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
-use crate::controlplane::Endpoints;
+use crate::endpoints::Endpoints;
 use crate::Error;
 
 #[derive(Clone, Debug)]

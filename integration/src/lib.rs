@@ -8,6 +8,7 @@ pub mod bins;
 pub mod controlplane;
 pub mod curl;
 pub mod demo;
+pub mod endpoints;
 pub mod env;
 pub mod extension;
 pub mod fixtures;

@@ -54,7 +54,10 @@ impl Proc {
         match lifetime {
             Lifetime::Scoped => {
                 cmd.process_group(0);
-                // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+                // SAFETY: pre_exec's closure runs in the forked child, where only
+                // async-signal-safe calls are sound: this one makes a single prctl(2) and
+                // turns its errno into an io::Error without allocating; it borrows nothing.
+                #[allow(unsafe_code)]
                 unsafe {
                     cmd.pre_exec(|| {
                         nix::sys::prctl::set_pdeathsig(Signal::SIGKILL)
@@ -63,7 +66,9 @@ impl Proc {
                 }
             }
             Lifetime::Detached => {
-                // SAFETY: setsid is async-signal-safe.
+                // SAFETY: as above: the child only calls setsid(2), which is
+                // async-signal-safe, and converts its errno without allocating.
+                #[allow(unsafe_code)]
                 unsafe {
                     cmd.pre_exec(|| {
                         nix::unistd::setsid()

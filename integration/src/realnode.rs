@@ -37,7 +37,8 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::controlplane::{self, ControlPlane, Endpoints, NodeApi};
+use crate::controlplane::{self, ControlPlane, NodeApi};
+use crate::endpoints::Endpoints;
 use crate::kubectl::Kubectl;
 use crate::process::{free_port, wait_for, Lifetime, Proc};
 use crate::Error;
@@ -486,7 +487,9 @@ disabled_plugins = ["io.containerd.nri.v1.nri", "io.containerd.snapshotter.v1.bt
             );
         // Cores of containers: a node's containerd runs with an unlimited RLIMIT_CORE (the
         // containers inherit it), as its systemd unit sets.
-        // SAFETY: setrlimit is async-signal-safe.
+        // SAFETY: pre_exec's closure runs in the forked child: it only calls setrlimit(2)
+        // (async-signal-safe) with a local struct and reads errno, allocating nothing.
+        #[allow(unsafe_code)]
         unsafe {
             containerd.pre_exec(|| {
                 let unlimited = libc::rlimit {
