@@ -1,12 +1,17 @@
 //! The coredump.io API through the real aggregator with the real kubectl: every kubectl
 //! habit, Kubernetes REST semantics, negotiation and errors.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use coredump_integration::curl::Curl;
 use coredump_integration::env::TestEnv;
+use coredump_integration::fixtures::{CoredumpFixture, QuotaFixture};
 use coredump_integration::kubectl::Kubectl;
 use serde_json::{json, Value};
 
@@ -16,26 +21,18 @@ fn env() -> &'static TestEnv {
     TestEnv::shared()
 }
 
+/// Coredump `ns/name` of `pod` on `node`, labelled `app=<pod>`.
+fn fixture(ns: &str, name: &str, pod: &str, node: &str) -> CoredumpFixture {
+    CoredumpFixture::new(ns, name)
+        .label("app", pod)
+        .node(node)
+        .pod(pod)
+        .image("example/app:1")
+        .executable("/bin/app")
+}
+
 fn coredump(ns: &str, name: &str, pod: &str, node: &str) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1",
-        "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app": pod}},
-        "spec": {
-            "nodeName": node,
-            "podName": pod,
-            "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            "containerName": "main",
-            "image": "example/app:1",
-            "signal": 11,
-            "signalName": "SIGSEGV",
-            "executable": "/bin/app",
-            "dumpTime": "2026-11-25T09:00:00Z",
-            "size": "1Mi",
-            "storedSize": "100Ki",
-            "sha256": "0000000000000000000000000000000000000000000000000000000000000000"
-        }
-    })
+    fixture(ns, name, pod, node).build()
 }
 
 fn create(k: &Kubectl, obj: &Value) -> Value {
@@ -197,9 +194,12 @@ fn quotas_print_used_over_hard() {
     let k = env().kubectl();
     create(
         &k,
-        &json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-                "metadata": {"name": "limits", "namespace": ns},
-                "spec": {"hard": {"storage": "1Gi", "count": "10"}, "maxAge": "720h"}}),
+        &QuotaFixture::new(&ns)
+            .name("limits")
+            .storage("1Gi")
+            .count(10)
+            .max_age("720h")
+            .build(),
     );
     let wide = k
         .ok(&["get", "coredumpquotas", "-n", &ns, "-o", "wide"])
@@ -526,8 +526,9 @@ fn updates_conflict_on_stale_resource_version_and_spec_is_immutable() {
         "{err}"
     );
     // kubectl apply of a manifest (merge patch underneath) works.
-    let mut manifest = coredump(&ns, "u", "web", "node-a");
-    manifest["metadata"]["labels"] = json!({"app": "web4"});
+    let manifest = fixture(&ns, "u", "web", "node-a")
+        .label("app", "web4")
+        .build();
     let applied = k
         .run_stdin(
             &["apply", "-f", "-"],
@@ -738,8 +739,7 @@ fn bad_input_gets_a_status_and_stores_nothing() {
         400,
         "BadRequest",
     );
-    let mut other_ns = coredump(&ns, "w", "web", "n");
-    other_ns["metadata"]["namespace"] = json!("elsewhere");
+    let other_ns = coredump("elsewhere", "w", "web", "n");
     check(
         post(&serde_json::to_vec(&other_ns).expect("json")),
         400,
@@ -750,8 +750,7 @@ fn bad_input_gets_a_status_and_stores_nothing() {
         422,
         "Invalid",
     );
-    let mut bad_sha = coredump(&ns, "badsha", "web", "n");
-    bad_sha["spec"]["sha256"] = json!("xyz");
+    let bad_sha = fixture(&ns, "badsha", "web", "n").sha("xyz").build();
     let r = post(&serde_json::to_vec(&bad_sha).expect("json"));
     assert_eq!(
         r.json()["details"]["causes"][0]["field"],
@@ -760,8 +759,9 @@ fn bad_input_gets_a_status_and_stores_nothing() {
         r.text()
     );
     check(r, 422, "Invalid");
-    let mut unknown = coredump(&ns, "unknown", "web", "n");
-    unknown["spec"]["bogus"] = json!(1);
+    let unknown = fixture(&ns, "unknown", "web", "n")
+        .spec("bogus", json!(1))
+        .build();
     let r = c
         .request(
             "POST",
@@ -791,8 +791,9 @@ fn bad_input_gets_a_status_and_stores_nothing() {
         "{:?}",
         r.headers
     );
-    let mut big = coredump(&ns, "big", "web", "n");
-    big["metadata"]["annotations"] = json!({"pad": "x".repeat(4 * 1024 * 1024)});
+    let big = fixture(&ns, "big", "web", "n")
+        .annotation("pad", &"x".repeat(4 * 1024 * 1024))
+        .build();
     check(
         post(&serde_json::to_vec(&big).expect("json")),
         413,

@@ -2,15 +2,20 @@
 //! real aggregator and kubectl, and the extension server's own authentication and
 //! authorization when reached directly (tokens, client certificates, the front proxy).
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use coredump_integration::curl::{Credential, Curl, Reply};
 use coredump_integration::env::TestEnv;
+use coredump_integration::fixtures::CoredumpFixture;
 use coredump_integration::kubectl::Kubectl;
 use coredump_integration::pki::{Ca, Usage};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const API: &str = "/apis/coredump.io/v1alpha1";
 
@@ -32,27 +37,11 @@ fn apply_rbac(env: &TestEnv) {
     });
 }
 
-fn coredump(ns: &str, name: &str) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1",
-        "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "nodeName": "node-a",
-            "podName": "web-1",
-            "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            "containerName": "main",
-            "signal": 11,
-            "dumpTime": "2026-11-25T09:00:00Z",
-            "size": "1Mi",
-            "storedSize": "100Ki",
-            "sha256": "0000000000000000000000000000000000000000000000000000000000000000"
-        }
-    })
-}
-
 fn create_coredump(ns: &str, name: &str) {
-    let body = serde_json::to_vec(&coredump(ns, name)).expect("json");
+    let body = CoredumpFixture::new(ns, name)
+        .pod("web-1")
+        .signal(11)
+        .bytes();
     let out = env()
         .kubectl()
         .run_stdin(&["create", "-f", "-"], &body)

@@ -3,6 +3,10 @@
 //! are deleted, gone with the namespace, read-only to clients, RBAC'd like the cores, and
 //! the crash signature and cause on `kubectl get coredumps`.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -10,7 +14,9 @@ use std::time::{Duration, Instant};
 use coredump_integration::controlplane::USERS;
 use coredump_integration::curl::{Credential, Curl, Reply};
 use coredump_integration::env::TestEnv;
-use coredump_integration::fixtures::{collection, coredump, fingerprint, quota, Core, API};
+use coredump_integration::fixtures::{
+    collection, fingerprint, Core, CoredumpFixture, QuotaFixture, API,
+};
 use serde_json::{json, Value};
 
 fn env() -> &'static TestEnv {
@@ -43,9 +49,10 @@ fn crash(ns: &str, name: &str, bug: &str, signature: &str) -> Value {
     let r = post(
         &direct(),
         &collection(ns, "coredumps"),
-        &coredump(ns, name, &Core::text(4096, name.len() as u64))
-            .spec("executable", json!("/usr/local/bin/server"))
-            .spec("image", json!("registry.example/server:1.2"))
+        &CoredumpFixture::new(ns, name)
+            .core(&Core::text(4096, name.len() as u64))
+            .executable("/usr/local/bin/server")
+            .image("registry.example/server:1.2")
             .analysis(bug, signature, "NullPointerDereference")
             .build(),
     );
@@ -77,7 +84,7 @@ fn crash_groups_count_every_create_survive_their_cores_and_go_with_the_namespace
     let r = post(
         &c,
         &collection(&ns, "coredumpquotas"),
-        &quota(&ns, json!({"count": "2"})),
+        &QuotaFixture::new(&ns).count(2).build(),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     for i in 0..3 {

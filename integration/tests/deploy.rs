@@ -2,6 +2,10 @@
 //! real kube-apiserver, the images deploy/images/build.sh produces, and the self-signed
 //! certificate path (apiserver/src/selfcert.rs) making the APIService Available.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

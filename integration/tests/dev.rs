@@ -8,6 +8,10 @@
 //!
 //! Root only (the agent installs core_pattern); skips with a reason otherwise.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 

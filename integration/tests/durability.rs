@@ -4,13 +4,18 @@
 //! storage backends (`fs::…`, `s3::…`: the data directory, and a bucket of a real S3
 //! server).
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use coredump_integration::curl::Curl;
 use coredump_integration::env::{Backend, TestEnv};
+use coredump_integration::fixtures::{big_core, CoredumpFixture, QuotaFixture};
 use coredump_integration::{controlplane, extension};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const API: &str = "/apis/coredump.io/v1alpha1";
 /// Small, so that a few writes push old revisions out of the log.
@@ -67,12 +72,14 @@ fn env(b: Backend) -> &'static TestEnv {
     })
 }
 
+/// Quota `ns/name` number `n`, labelled with it (the writer checks which ones survived).
 fn quota(ns: &str, name: &str, n: usize) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-        "metadata": {"name": name, "namespace": ns, "labels": {"n": n.to_string()}},
-        "spec": {"hard": {"storage": format!("{}Mi", n + 1), "count": n.to_string()}}
-    })
+    QuotaFixture::new(ns)
+        .name(name)
+        .label("n", &n.to_string())
+        .storage(&format!("{}Mi", n + 1))
+        .count(n)
+        .build()
 }
 
 /// The extension server directly, as the cluster admin (client certificate).
@@ -240,16 +247,14 @@ fn too_old_revisions_answer_410_inside_the_watch_stream_and_for_continue() {
     assert!(!out.contains("ERROR"), "{out}");
 }
 
+/// A SIGABRT (unnamed) Coredump `ns/name` of a core of `size` raw and `stored` bytes.
 fn coredump(ns: &str, name: &str, size: u64, stored: u64, sha: &str) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "nodeName": "node-a", "podName": "web", "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            "containerName": "main", "signal": 6, "dumpTime": "2026-11-25T09:00:00Z",
-            "size": size.to_string(), "storedSize": stored.to_string(), "sha256": sha
-        }
-    })
+    CoredumpFixture::new(ns, name)
+        .signal(6)
+        .size(size)
+        .stored_size(stored)
+        .sha(sha)
+        .build()
 }
 
 fn post(c: &Curl, ns: &str, resource: &str, obj: &Value) -> u16 {
@@ -279,40 +284,15 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
     panic!("{what} did not happen in time");
 }
 
-/// A 2 GiB raw core of zero pages with a random MiB every 64 MiB, as zstd in a file.
-fn big_core(dir: &std::path::Path) -> (std::path::PathBuf, u64, String) {
-    use rand::{Rng, SeedableRng};
-    use sha2::Digest;
-    use std::io::Write;
-    let size: u64 = 2 << 30;
-    let path = dir.join("core.zst");
-    let mut hasher = sha2::Sha256::new();
-    let file = std::fs::File::create(&path).expect("create");
-    let mut enc = zstd::stream::write::Encoder::new(file, 1).expect("encoder");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let zeros = vec![0u8; 1 << 20];
-    for mib in 0..(size >> 20) {
-        let chunk: Vec<u8> = if mib % 64 == 0 {
-            (0..1 << 20).map(|_| rng.random()).collect()
-        } else {
-            zeros.clone()
-        };
-        hasher.update(&chunk);
-        enc.write_all(&chunk).expect("write");
-    }
-    enc.finish().expect("finish");
-    (path, size, hex::encode(hasher.finalize()))
-}
-
 fn sigkill_during_an_upload_leaves_no_partial_core_and_exact_usage(b: Backend) {
     let _serial = serial(b);
     let ns = env(b).namespace("killup").expect("ns");
     let c = direct(b);
-    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"storage": "1Gi"}}});
+    let quota = QuotaFixture::new(&ns).storage("1Gi").build();
     assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
     let dir = tempfile::tempdir().expect("tempdir");
-    let (zst, size, sha) = big_core(dir.path());
+    // 2 GiB raw: the upload takes long enough to be killed in the middle.
+    let (zst, size, sha) = big_core(dir.path(), 2 << 30).expect("big core");
     let stored = std::fs::metadata(&zst).expect("stat").len();
     assert_eq!(
         post(
@@ -437,8 +417,7 @@ fn pending_uploads_expire_and_max_age_deletes_old_cores(b: Backend) {
     let _serial = serial(b);
     let ns = env(b).namespace("expire").expect("ns");
     let c = direct(b);
-    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"count": "5"}}});
+    let quota = QuotaFixture::new(&ns).count(5).build();
     assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
     assert_eq!(
         post(
@@ -616,8 +595,7 @@ fn reconciliation_removes_orphans_and_fails_coredumps_whose_core_is_missing(b: B
     let _serial = serial(b);
     let ns = env(b).namespace("reconcile").expect("ns");
     let c = direct(b);
-    let quota = json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-        "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": {"count": "5"}}});
+    let quota = QuotaFixture::new(&ns).count(5).build();
     assert_eq!(post(&c, &ns, "coredumpquotas", &quota), 201);
     let kept = store_small_core(b, &ns, "kept");
     let lost = store_small_core(b, &ns, "lost");

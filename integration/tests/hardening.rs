@@ -3,6 +3,10 @@
 //! metric labels from anonymous clients, slow clients, concurrent and dry-run uploads,
 //! size overflow, refusals of bodies sent without `Expect`, and the validation gaps.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
@@ -12,7 +16,9 @@ use coredump_integration::controlplane::USERS;
 use coredump_integration::curl::{Credential, Curl, Reply};
 use coredump_integration::env::TestEnv;
 use coredump_integration::extension;
-use coredump_integration::fixtures::{collection, coredump, coredump_path, quota, Core};
+use coredump_integration::fixtures::{
+    collection, coredump_path, Core, CoredumpFixture, QuotaFixture,
+};
 use serde_json::{json, Value};
 
 fn env() -> &'static TestEnv {
@@ -52,7 +58,7 @@ fn create(ns: &str, name: &str, core: &Core) -> Value {
     let r = post(
         &direct(),
         &collection(ns, "coredumps"),
-        &coredump(ns, name, core).bytes(),
+        &CoredumpFixture::new(ns, name).core(core).bytes(),
     );
     assert_eq!(r.status, 201, "create {name}: {}", r.text());
     r.json()
@@ -374,7 +380,8 @@ fn sizes_near_the_integer_limit_are_refused_and_quota_stays_exact() {
     let r = post(
         &c,
         &collection(&ns, "coredumpquotas"),
-        &serde_json::to_vec(&quota(&ns, json!({"storage": "7Ei", "count": "10"}))).expect("json"),
+        &serde_json::to_vec(&QuotaFixture::new(&ns).storage("7Ei").count(10).build())
+            .expect("json"),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     let core = Core::text(4096, 4);
@@ -382,9 +389,10 @@ fn sizes_near_the_integer_limit_are_refused_and_quota_stays_exact() {
         .iter()
         .enumerate()
     {
-        let body = coredump(&ns, &format!("huge-{i}"), &core)
-            .spec("storedSize", json!(size))
-            .spec("size", json!(size))
+        let body = CoredumpFixture::new(&ns, &format!("huge-{i}"))
+            .core(&core)
+            .stored_size(size)
+            .size(size)
             .bytes();
         let r = post(&c, &collection(&ns, "coredumps"), &body);
         assert_eq!(r.status, 422, "{size}: {}", r.text());
@@ -392,9 +400,10 @@ fn sizes_near_the_integer_limit_are_refused_and_quota_stays_exact() {
     }
     // Sizes at the bound are accepted, and the next create is admitted normally.
     for i in 0..2 {
-        let body = coredump(&ns, &format!("big-{i}"), &core)
-            .spec("storedSize", json!("1Pi"))
-            .spec("size", json!("1Pi"))
+        let body = CoredumpFixture::new(&ns, &format!("big-{i}"))
+            .core(&core)
+            .stored_size("1Pi")
+            .size("1Pi")
             .bytes();
         let r = post(&c, &collection(&ns, "coredumps"), &body);
         assert_eq!(r.status, 201, "{}", r.text());
@@ -461,29 +470,35 @@ fn object_metadata_is_validated_as_kube_apiserver_does() {
     for (what, body) in [
         (
             "label key",
-            coredump(&ns, "a", &core).meta("labels", json!({"-bad": "x"})),
+            CoredumpFixture::new(&ns, "a")
+                .core(&core)
+                .label("-bad", "x"),
         ),
         (
             "label value",
-            coredump(&ns, "b", &core).meta("labels", json!({"app": "not valid"})),
+            CoredumpFixture::new(&ns, "b")
+                .core(&core)
+                .label("app", "not valid"),
         ),
         (
             "annotation size",
-            coredump(&ns, "c", &core)
-                .meta("annotations", json!({"big": "x".repeat(256 * 1024 + 1)})),
+            CoredumpFixture::new(&ns, "c")
+                .core(&core)
+                .annotation("big", &"x".repeat(256 * 1024 + 1)),
         ),
         (
             "finalizer",
-            coredump(&ns, "d", &core).meta("finalizers", json!(["mine"])),
+            CoredumpFixture::new(&ns, "d").core(&core).finalizer("mine"),
         ),
     ] {
         let r = post(&c, &collection(&ns, "coredumps"), &body.bytes());
         assert_eq!(r.status, 422, "{what}: {}", r.text());
         assert_eq!(r.json()["reason"], "Invalid", "{what}");
     }
-    let ok = coredump(&ns, "e", &core)
-        .meta("labels", json!({"example.com/app": "web"}))
-        .meta("finalizers", json!(["example.com/keep"]))
+    let ok = CoredumpFixture::new(&ns, "e")
+        .core(&core)
+        .label("example.com/app", "web")
+        .finalizer("example.com/keep")
         .bytes();
     assert_eq!(post(&c, &collection(&ns, "coredumps"), &ok).status, 201);
 }
@@ -496,7 +511,7 @@ fn creates_need_an_existing_namespace_with_a_valid_name() {
     let r = post(
         &c,
         &collection(&missing, "coredumps"),
-        &coredump(&missing, "x", &core).bytes(),
+        &CoredumpFixture::new(&missing, "x").core(&core).bytes(),
     );
     assert_eq!(r.status, 404, "{}", r.text());
     assert_eq!(r.json()["reason"], "NotFound");
@@ -511,7 +526,7 @@ fn creates_need_an_existing_namespace_with_a_valid_name() {
     let r = post(
         &c,
         &collection("Bad_NS", "coredumps"),
-        &coredump("Bad_NS", "x", &core).bytes(),
+        &CoredumpFixture::new("Bad_NS", "x").core(&core).bytes(),
     );
     assert_eq!(r.status, 400, "{}", r.text());
     // A namespace created a moment ago is known at once (the informer may lag).

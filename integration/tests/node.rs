@@ -11,6 +11,10 @@
 //! Capture-side behaviour (host processes going to the previous handler, flat memory for
 //! big cores, truncation, RLIMIT_CORE) is covered by node-handler/tests/real_crash.rs.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -22,6 +26,7 @@ use coredump_integration::agent::{
 };
 use coredump_integration::curl::{Credential, Curl};
 use coredump_integration::env::TestEnv;
+use coredump_integration::fixtures::{CoredumpFixture, QuotaFixture};
 use coredump_integration::kubectl::Kubectl;
 use coredump_integration::process::wait_every;
 use serde_json::{json, Value};
@@ -190,17 +195,17 @@ fn coredumped_event(kubectl: &Kubectl, agent: &Agent, ns: &str) -> Value {
 /// answer was lost would have left for `pod`'s core with metadata.json `meta`.
 fn create_lost_attempt(pod: &FakePod, node: &str, name: &str, meta: &Value, sha: &str) {
     let ns = &pod.namespace;
-    let body = json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "nodeName": node, "podName": pod.name, "podUID": pod.uid,
-            "containerName": pod.container, "signal": meta["signal"],
-            "dumpTime": "2026-01-01T00:00:00Z",
-            "size": meta["rawSize"].to_string(), "storedSize": meta["storedSize"].to_string(),
-            "sha256": sha
-        }
-    });
+    let body = CoredumpFixture::new(ns, name)
+        .node(node)
+        .pod(&pod.name)
+        .pod_uid(&pod.uid)
+        .container(&pod.container)
+        .signal(meta["signal"].as_i64().expect("metadata.json signal"))
+        .dump_time("2026-01-01T00:00:00Z")
+        .size(&meta["rawSize"])
+        .stored_size(&meta["storedSize"])
+        .sha(sha)
+        .build();
     let r = direct()
         .request(
             "POST",
@@ -797,11 +802,7 @@ fn a_core_over_quota_is_recorded_as_rejected_and_not_kept() {
         return;
     };
     kubectl
-        .apply(&json!({
-            "apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-            "metadata": {"name": "none", "namespace": ns},
-            "spec": {"hard": {"count": "0"}}
-        }))
+        .apply(&QuotaFixture::new(&ns).name("none").count(0).build())
         .expect("quota");
     let pod = FakePod::create(&kubectl, &ns, "big-0", &node, json!({})).expect("pod");
     let agent = Agent::start(env(), AgentOptions::new(&node)).expect("agent");

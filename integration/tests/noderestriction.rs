@@ -1,8 +1,13 @@
 //! Node restriction with real pod-bound service-account tokens: a node agent creates and
 //! uploads coredumps only for pods bound to its own node with the UID it claims.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use coredump_integration::curl::{Credential, Curl, Reply};
 use coredump_integration::env::TestEnv;
+use coredump_integration::fixtures::CoredumpFixture;
 use serde_json::{json, Value};
 
 const API: &str = "/apis/coredump.io/v1alpha1";
@@ -11,16 +16,18 @@ fn env() -> &'static TestEnv {
     TestEnv::shared()
 }
 
+/// Coredump `ns/name` claiming pod `pod` (UID `uid`) on `node`: what node restriction
+/// checks against the pod the agent's token is bound to.
 fn coredump(ns: &str, name: &str, node: &str, pod: &str, uid: &str) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "nodeName": node, "podName": pod, "podUID": uid, "containerName": "main",
-            "signal": 11, "dumpTime": "2026-11-25T09:00:00Z",
-            "size": "100", "storedSize": "10", "sha256": "d".repeat(64)
-        }
-    })
+    CoredumpFixture::new(ns, name)
+        .node(node)
+        .pod(pod)
+        .pod_uid(uid)
+        .signal(11)
+        .size(100)
+        .stored_size(10)
+        .sha(&"d".repeat(64))
+        .build()
 }
 
 fn post(c: &Curl, ns: &str, obj: &Value) -> Reply {

@@ -4,6 +4,10 @@
 //! back, kubectl's error wording for Forbidden, no progress output off a terminal and a
 //! bar under tmux, and gdb on a real core.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -12,8 +16,8 @@ use coredump_integration::bins::controlplane_bin_dir;
 use coredump_integration::controlplane;
 use coredump_integration::curl::Curl;
 use coredump_integration::env::TestEnv;
-use coredump_integration::fixtures::{big_core, collection, coredump, coredump_path, Core};
-use serde_json::{json, Value};
+use coredump_integration::fixtures::{big_core, collection, coredump_path, Core, CoredumpFixture};
+use serde_json::Value;
 
 fn env() -> &'static TestEnv {
     static ENV: std::sync::OnceLock<TestEnv> = std::sync::OnceLock::new();
@@ -137,9 +141,10 @@ fn stored(ns: &str, name: &str, bug: &str, signature: &str) -> Core {
     let core = Core::text(256 * 1024, name.len() as u64 * 7);
     post(
         ns,
-        &coredump(ns, name, &core)
-            .spec("image", json!("example/app:1"))
-            .spec("executable", json!("/bin/app"))
+        &CoredumpFixture::new(ns, name)
+            .core(&core)
+            .image("example/app:1")
+            .executable("/bin/app")
             .analysis(bug, signature, "NullPointerDereference")
             .build(),
     );
@@ -332,18 +337,14 @@ fn kubectl_finds_the_plugin_and_every_command_works_on_real_objects() {
 fn a_2gib_core_arrives_in_pieces_resumes_after_a_kill_and_survives_a_corrupt_partial() {
     let ns = env().namespace("pl-big").expect("ns");
     let dir = tempfile::tempdir().expect("tmp");
-    let (zst, size, sha) = big_core(dir.path(), 2 << 30);
+    let (zst, size, sha) = big_core(dir.path(), 2 << 30).expect("big core");
     let stored_size = std::fs::metadata(&zst).expect("stat").len();
-    let core = Core {
-        raw: Vec::new(),
-        zst: Vec::new(),
-        sha: sha.clone(),
-    };
     post(
         &ns,
-        &coredump(&ns, "big", &core)
-            .spec("size", json!(size.to_string()))
-            .spec("storedSize", json!(stored_size.to_string()))
+        &CoredumpFixture::new(&ns, "big")
+            .sha(&sha)
+            .size(size)
+            .stored_size(stored_size)
             .build(),
     );
     upload_file(&ns, "big", &zst);
@@ -429,20 +430,13 @@ fn a_2gib_core_arrives_in_pieces_resumes_after_a_kill_and_survives_a_corrupt_par
 fn the_progress_bar_is_drawn_on_a_terminal() {
     let ns = env().namespace("pl-tty").expect("ns");
     let dir = tempfile::tempdir().expect("tmp");
-    let (zst, size, sha) = big_core(dir.path(), 1 << 30);
-    let core = Core {
-        raw: Vec::new(),
-        zst: Vec::new(),
-        sha,
-    };
+    let (zst, size, sha) = big_core(dir.path(), 1 << 30).expect("big core");
     post(
         &ns,
-        &coredump(&ns, "tty", &core)
-            .spec("size", json!(size.to_string()))
-            .spec(
-                "storedSize",
-                json!(std::fs::metadata(&zst).expect("stat").len().to_string()),
-            )
+        &CoredumpFixture::new(&ns, "tty")
+            .sha(&sha)
+            .size(size)
+            .stored_size(std::fs::metadata(&zst).expect("stat").len())
             .build(),
     );
     upload_file(&ns, "tty", &zst);
@@ -528,8 +522,9 @@ fn gdb_opens_a_real_core_with_the_executable_from_the_sysroot() {
     let core = Core::from_raw(raw);
     post(
         &ns,
-        &coredump(&ns, "sleeper", &core)
-            .spec("executable", json!(which("sleep")))
+        &CoredumpFixture::new(&ns, "sleeper")
+            .core(&core)
+            .executable(&which("sleep"))
             .build(),
     );
     let zst = dir.path().join("c.zst");

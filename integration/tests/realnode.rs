@@ -12,6 +12,10 @@
 //! Root only, with runc, nft and the CNI plugins installed; each test prints why it skips
 //! otherwise.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Mutex, OnceLock, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -59,7 +63,9 @@ fn shared() -> Option<&'static Shared> {
                 }
             }
         }
-        // SAFETY: registering a plain extern "C" function.
+        // SAFETY: atexit only stores the pointer; `teardown` is a static `extern "C"
+        // fn()`, valid for the whole program, and a panic in it aborts instead of unwinding.
+        #[allow(unsafe_code)]
         unsafe {
             libc::atexit(teardown);
         }
@@ -979,7 +985,9 @@ fn uninstall_restores_the_previous_pattern_which_gets_host_crashes() {
     // 4. A host process (the test's own cgroup, no pod's) crashes.
     let mut crasher = Command::new(s.bins.join("crasher"));
     crasher.arg("segv");
-    // SAFETY: setrlimit only, between fork and exec.
+    // SAFETY: pre_exec's closure runs in the forked child: it only calls setrlimit(2)
+    // (async-signal-safe) with a local struct and reads errno, allocating nothing.
+    #[allow(unsafe_code)]
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut crasher, || {
             let unlimited = libc::rlimit {

@@ -4,10 +4,15 @@
 //! of a real S3 server (versitygw), where the objects are checked through S3 and its posix
 //! root too.
 
+// A test binary: its helpers are test code as much as its #[test] functions, and a panic
+// is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use coredump_integration::curl::{Curl, Reply};
 use coredump_integration::env::{Backend, TestEnv, S3_PREFIX};
+use coredump_integration::fixtures::{CoredumpFixture, QuotaFixture};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -70,17 +75,15 @@ fn core_from(raw: Vec<u8>) -> Core {
     Core { raw, zst, sha }
 }
 
+/// A SIGABRT Coredump `ns/name` of a core of `size` raw and `stored` bytes.
 fn coredump(ns: &str, name: &str, size: u64, stored: u64, sha: &str) -> Value {
-    json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
-        "metadata": {"name": name, "namespace": ns},
-        "spec": {
-            "nodeName": "node-a", "podName": "web", "podUID": "7c9e6679-7425-40de-944b-e07fc1f90ae7",
-            "containerName": "main", "signal": 6, "signalName": "SIGABRT",
-            "dumpTime": "2026-11-25T09:00:00Z",
-            "size": size.to_string(), "storedSize": stored.to_string(), "sha256": sha
-        }
-    })
+    CoredumpFixture::new(ns, name)
+        .signal(6)
+        .signal_name("SIGABRT")
+        .size(size)
+        .stored_size(stored)
+        .sha(sha)
+        .build()
 }
 
 fn post(c: &Curl, ns: &str, resource: &str, obj: &Value) -> Reply {
@@ -101,11 +104,6 @@ fn upload(c: &Curl, ns: &str, name: &str, body: &[u8]) -> Reply {
         Some(body),
     )
     .expect("curl")
-}
-
-fn quota(ns: &str, hard: Value) -> Value {
-    json!({"apiVersion": "coredump.io/v1alpha1", "kind": "CoredumpQuota",
-           "metadata": {"name": "quota", "namespace": ns}, "spec": {"hard": hard}})
 }
 
 fn used(c: &Curl, ns: &str) -> Value {
@@ -131,7 +129,7 @@ fn a_quota_of_1mib_rejects_the_core_that_would_exceed_it_and_delete_frees_it(b: 
             &c,
             &ns,
             "coredumpquotas",
-            &quota(&ns, json!({"storage": "1Mi"}))
+            &QuotaFixture::new(&ns).storage("1Mi").build()
         )
         .status,
         201
@@ -225,7 +223,7 @@ fn parallel_creates_never_exceed_the_quota(b: Backend) {
             &c,
             &ns,
             "coredumpquotas",
-            &quota(&ns, json!({"count": "10"}))
+            &QuotaFixture::new(&ns).count(10).build()
         )
         .status,
         201
@@ -422,7 +420,7 @@ fn a_quota_created_later_counts_the_coredumps_already_there(b: Backend) {
         &c,
         &ns,
         "coredumpquotas",
-        &quota(&ns, json!({"count": "3"})),
+        &QuotaFixture::new(&ns).count(3).build(),
     );
     assert_eq!(r.status, 201, "{}", r.text());
     assert_eq!(used(&c, &ns), json!({"storage": "1000Ki", "count": "3"}));
@@ -674,8 +672,7 @@ fn eventually(what: &str, mut f: impl FnMut() -> bool) {
 fn evict_oldest_makes_room_instead_of_rejecting(b: Backend) {
     let ns = env(b).namespace("st-evict").expect("ns");
     let c = direct(b);
-    let mut q = quota(&ns, json!({"count": "2"}));
-    q["spec"]["evictOldest"] = json!(true);
+    let q = QuotaFixture::new(&ns).count(2).evict_oldest(true).build();
     assert_eq!(post(&c, &ns, "coredumpquotas", &q).status, 201);
     for (i, name) in ["old", "mid"].iter().enumerate() {
         let core = make_core(64 << 10, 20 + i as u64);
