@@ -4,6 +4,8 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode};
 use serde_json::{json, Value};
 
+use crate::store::StoreError;
+
 /// A failure answered to the client as a `Status` object.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{code} {reason}: {message}")]
@@ -226,6 +228,25 @@ impl From<crate::blobs::BlobError> for ApiError {
             ),
             e @ BlobError::Backend { .. } => Self::unavailable(format!("core storage: {e}")),
             e => Self::internal(format!("core storage: {e}")),
+        }
+    }
+}
+
+/// The metadata store's failures as clients see them: a compacted revision is 410
+/// Expired (the client relists), anything else 500 (and logged: a broken store is ours).
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Compacted {
+                requested,
+                compacted,
+            } => ApiError::expired(format!(
+                "too old resource version: {requested} ({compacted})"
+            )),
+            e => {
+                tracing::error!(error = %e, "store error");
+                ApiError::internal(format!("storage error: {e}"))
+            }
         }
     }
 }

@@ -1002,23 +1002,6 @@ impl Continue {
     }
 }
 
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Compacted {
-                requested,
-                compacted,
-            } => ApiError::expired(format!(
-                "too old resource version: {requested} ({compacted})"
-            )),
-            e => {
-                tracing::error!(error = %e, "store error");
-                ApiError::internal(format!("storage error: {e}"))
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
