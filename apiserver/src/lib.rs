@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod namespaces;
 pub mod noderestriction;
 pub mod registry;
+pub mod reqinfo;
 pub mod selfcert;
 pub mod serve;
 pub mod store;

@@ -11,7 +11,7 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::http::reqinfo::RequestInfo;
+use crate::reqinfo::RequestInfo;
 use crate::store::MetadataStore;
 
 /// The label value for anything outside a closed set.

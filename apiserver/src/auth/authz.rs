@@ -10,7 +10,7 @@ use k8s_openapi::api::authorization::v1::{
 
 use super::UserInfo;
 use crate::error::{ApiError, Details};
-use crate::http::reqinfo::RequestInfo;
+use crate::reqinfo::RequestInfo;
 
 /// Who asks to do what: the SubjectAccessReview of one request, and the cache key.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::error::ApiError;
-use crate::http::reqinfo::RequestInfo;
+use crate::reqinfo::RequestInfo;
 use crate::serve::PeerCerts;
 use cache::TtlCache;
 use trust::{Trust, TrustRx};

@@ -4,7 +4,6 @@ mod discovery;
 mod drain;
 pub mod negotiate;
 pub mod query;
-pub mod reqinfo;
 pub mod resources;
 mod transfer;
 
@@ -26,9 +25,9 @@ use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
 use crate::noderestriction::NodeRestriction;
 use crate::registry::{FieldSelector, Registry};
+use crate::reqinfo::{RequestInfo, API_PREFIX};
 use crate::uploads::Uploads;
 use query::Query;
-use reqinfo::{RequestInfo, API_PREFIX};
 
 #[derive(Clone)]
 pub struct AppState {

@@ -1,7 +1,8 @@
 //! Content negotiation: plain JSON, `Table` (meta.k8s.io v1 and v1beta1) and
 //! `PartialObjectMetadata[List]`, and how each renders objects, lists and watch events.
 
-use http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
@@ -219,6 +220,20 @@ pub fn render_event(kind: &dyn Kind, out: Output, item: &WatchItem, first: bool)
         },
     };
     json!({"type": item.type_str(), "object": object})
+}
+
+/// A JSON body with its content type: every object, list and Status the resource
+/// handlers answer (shared by `resources` and `transfer`, which depend on this module
+/// and not on each other).
+pub fn json_response(code: StatusCode, v: &Value) -> Result<Response, ApiError> {
+    let body =
+        serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding response: {e}")))?;
+    let mut resp = (code, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(resp)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! The query string, parsed once per request.
 //!
-//! Invariant: authorization ([`super::reqinfo::RequestInfo`]) and the handlers read the
+//! Invariant: authorization ([`crate::reqinfo::RequestInfo`]) and the handlers read the
 //! same [`Query`] value, so a parameter cannot mean one thing to one and another thing to
 //! the other. A parameter given twice with different values is refused (400): Go's
 //! `url.Values` keeps both and kube-apiserver's decoders take the first, a map would take

@@ -11,9 +11,8 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::negotiate::{self, Output};
+use super::negotiate::{self, json_response, Output};
 use super::query::Query;
-use super::reqinfo::RequestInfo;
 use super::AppState;
 use crate::auth::UserInfo;
 use crate::error::ApiError;
@@ -22,6 +21,7 @@ use crate::registry::{
     self, Ctx, FieldValidation, Kind, LabelSelector, ListOptions, PatchType, Preconditions,
     Registry, WriteOpts,
 };
+use crate::reqinfo::RequestInfo;
 
 /// Largest JSON body accepted (kube-apiserver's limit is 3 MiB).
 pub const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -419,17 +419,6 @@ async fn delete_options(req: Request) -> Result<(Preconditions, bool), ApiError>
         }
     };
     Ok((pre, dry))
-}
-
-pub fn json_response(code: StatusCode, v: &Value) -> Result<Response, ApiError> {
-    let body =
-        serde_json::to_vec(v).map_err(|e| ApiError::internal(format!("encoding response: {e}")))?;
-    let mut resp = (code, body).into_response();
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    Ok(resp)
 }
 
 fn with_warnings(mut resp: Response, warnings: &[String]) -> Response {

@@ -25,14 +25,14 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::negotiate;
+use super::negotiate::json_response;
 use super::query::Query;
-use super::reqinfo::RequestInfo;
-use super::resources::json_response;
 use super::AppState;
 use crate::admission::{blob_key, mark_stored};
 use crate::blobs::{BlobKey, BlobWriter, ByteStream};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind};
+use crate::reqinfo::RequestInfo;
 use crate::store::Key;
 use coredump_openapi::types::parse_bytes;
 use coredump_openapi::CoredumpPhase;

@@ -4,7 +4,10 @@
 //! Invariant: [`RequestInfo::name`] is the name authorization sees; a handler serves a
 //! named object only by [`RequestInfo::path_name`], and a list or watch whose `name`
 //! came from a `metadata.name` field selector serves at most that name (the selector is
-//! an AND of all its terms, parsed from the same [`super::query::Query`]).
+//! an AND of all its terms, parsed from the same `http::query::Query`).
+//!
+//! It sits below `http`, `auth` and `metrics`, which all read it, and depends on none
+//! of them.
 
 use http::Method;
 
