@@ -112,20 +112,22 @@ impl FsWriter {
             .await
             .map_err(io(format!("create {}", dir.display())))?;
         // A hard link is an atomic "rename unless the name exists": an upload can never
-        // replace a core another one stored.
-        match tokio::fs::hard_link(&self.tmp, &self.dest).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(BlobError::Exists(self.key.clone()));
-            }
-            Err(e) => return Err(io(format!("link into {}", self.dest.display()))(e)),
-        }
-        // The link is durable only once the directory is.
-        let d = dir.clone();
-        tokio::task::spawn_blocking(move || std::fs::File::open(&d).and_then(|d| d.sync_all()))
+        // replace a core another one stored. The link is durable only once the directory
+        // is: link_new fsyncs it.
+        let (tmp, dest) = (self.tmp.clone(), self.dest.clone());
+        let linked = tokio::task::spawn_blocking(move || coredump_durable::link_new(&tmp, &dest))
             .await
-            .map_err(|e| io("fsync")(std::io::Error::other(e)))?
-            .map_err(io(format!("fsync {}", dir.display())))
+            .map_err(|e| io("link")(std::io::Error::other(e)))?;
+        match linked {
+            Ok(()) => Ok(()),
+            Err(e) if e.op() == "link" && e.io().kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(BlobError::Exists(self.key.clone()))
+            }
+            Err(e) if e.op() == "link" => Err(io(format!("link into {}", self.dest.display()))(
+                e.into_io(),
+            )),
+            Err(e) => Err(io(format!("fsync {}", dir.display()))(e.into_io())),
+        }
     }
 }
 

@@ -233,28 +233,12 @@ fn write_files(cfg: &SelfCertConfig, m: &Material) -> Result<bool, SelfCertError
 }
 
 fn write_if_changed(path: &Path, contents: &[u8], mode: u32) -> Result<bool, SelfCertError> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if std::fs::read(path).is_ok_and(|old| old == contents) {
-        return Ok(false);
-    }
-    let err = |source| SelfCertError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(err)?;
-    f.write_all(contents).map_err(err)?;
-    f.sync_all().map_err(err)?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(err)?;
-    Ok(true)
+    coredump_durable::write_atomic_if_changed(path, contents, mode).map_err(|e| {
+        SelfCertError::Write {
+            path: path.to_path_buf(),
+            source: e.into_io(),
+        }
+    })
 }
 
 #[cfg(test)]
