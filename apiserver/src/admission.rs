@@ -26,7 +26,7 @@ use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
 use crate::registry::{invalid, now_rfc3339, phase_of, str_at, Admission, Ctx, Kind};
 use crate::store::{Event, EventType, Key, Scope, Tx};
-use coredump_openapi::CoredumpPhase;
+use coredump_openapi::{CoredumpPhase, CoredumpReason};
 
 /// Bytes and count of stored (or reserved) cores.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -339,7 +339,7 @@ impl QuotaAdmission {
         }
         obj["status"] = json!({
             "phase": CoredumpPhase::Rejected,
-            "reason": "QuotaExceeded",
+            "reason": CoredumpReason::QuotaExceeded,
             "message": format!("exceeded quota: {}", over.join("; ")),
         });
         // Keep a bounded number of rejected records: the oldest goes first.

@@ -18,7 +18,7 @@ use coredump_openapi::COREDUMP;
 
 use crate::registry::{phase_of, str_at, Admission};
 use crate::store::{Event, EventType as Change};
-use coredump_openapi::CoredumpPhase;
+use coredump_openapi::{CoredumpPhase, EventReason};
 
 /// Notes waiting to be published; past this, new ones are dropped.
 const QUEUE: usize = 1024;
@@ -30,12 +30,12 @@ pub struct Note {
     pub name: String,
     pub uid: String,
     pub warning: bool,
-    pub reason: &'static str,
+    pub reason: EventReason,
     pub message: String,
 }
 
 impl Note {
-    fn about(obj: &Value, warning: bool, reason: &'static str, message: String) -> Option<Self> {
+    fn about(obj: &Value, warning: bool, reason: EventReason, message: String) -> Option<Self> {
         Some(Self {
             namespace: str_at(obj, "/metadata/namespace")?,
             name: str_at(obj, "/metadata/name")?,
@@ -65,7 +65,7 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
         let message = || str_at(obj, "/status/message").unwrap_or_default();
         let note = match ev.kind {
             Change::Added if phase(obj) == Some(CoredumpPhase::Rejected) => {
-                Note::about(obj, true, "Rejected", message())
+                Note::about(obj, true, EventReason::Rejected, message())
             }
             Change::Modified => {
                 let before = ev.prev.as_deref().and_then(phase);
@@ -73,7 +73,7 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
                     (Some(CoredumpPhase::Pending), Some(CoredumpPhase::Stored)) => Note::about(
                         obj,
                         false,
-                        "Stored",
+                        EventReason::Stored,
                         format!(
                             "core stored: {} bytes ({} compressed)",
                             str_at(obj, "/spec/size").unwrap_or_default(),
@@ -84,7 +84,7 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
                         Note::about(
                             obj,
                             true,
-                            "Failed",
+                            EventReason::Failed,
                             format!(
                                 "{}: {}",
                                 str_at(obj, "/status/reason").unwrap_or_default(),
@@ -98,7 +98,7 @@ pub fn notes_for(batch: &[Arc<Event>]) -> Vec<Note> {
             Change::Deleted if created_in.contains(&ev.key.namespace.as_str()) => Note::about(
                 obj,
                 false,
-                "Evicted",
+                EventReason::Evicted,
                 "deleted to make room for a newer core (the quota's evictOldest)".into(),
             ),
             _ => None,
@@ -143,13 +143,13 @@ impl EventSink {
                     } else {
                         EventType::Normal
                     },
-                    reason: n.reason.into(),
+                    reason: n.reason.as_str().into(),
                     note: Some(n.message.chars().take(1000).collect()),
-                    action: n.reason.into(),
+                    action: n.reason.as_str().into(),
                     secondary: None,
                 };
                 if let Err(e) = recorder.publish(&ev, &reference).await {
-                    tracing::warn!(namespace = %n.namespace, name = %n.name, reason = n.reason, error = %e, "recording an event");
+                    tracing::warn!(namespace = %n.namespace, name = %n.name, reason = n.reason.as_str(), error = %e, "recording an event");
                 }
             }
         });
@@ -241,16 +241,16 @@ mod tests {
             ),
         ];
         let notes = notes_for(&batch);
-        let got: Vec<(&str, &str, bool)> = notes
+        let got: Vec<(&str, EventReason, bool)> = notes
             .iter()
             .map(|n| (n.name.as_str(), n.reason, n.warning))
             .collect();
         assert_eq!(
             got,
             [
-                ("a", "Stored", false),
-                ("b", "Rejected", true),
-                ("c", "Failed", true)
+                ("a", EventReason::Stored, false),
+                ("b", EventReason::Rejected, true),
+                ("c", EventReason::Failed, true)
             ]
         );
         assert_eq!(notes[1].message, "exceeded quota: q");
@@ -268,7 +268,7 @@ mod tests {
         assert_eq!(evicted.len(), 1);
         assert_eq!(
             (evicted[0].name.as_str(), evicted[0].reason),
-            ("old", "Evicted")
+            ("old", EventReason::Evicted)
         );
         assert!(notes_for(&[ev(Change::Deleted, "old", None, old)]).is_empty());
     }

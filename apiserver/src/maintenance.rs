@@ -25,7 +25,7 @@ use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
 use crate::store::{Key, Scope};
 use crate::uploads::Uploads;
-use coredump_openapi::CoredumpPhase;
+use coredump_openapi::{CoredumpPhase, CoredumpReason, EventReason};
 
 pub struct Maintenance {
     pub registry: Arc<Registry>,
@@ -109,7 +109,7 @@ impl Maintenance {
                     &key,
                     &blob.uid,
                     CoredumpPhase::Stored,
-                    "CoreMissing",
+                    CoredumpReason::CoreMissing,
                     "the stored core is missing from the core storage",
                 )
                 .await?;
@@ -155,7 +155,7 @@ impl Maintenance {
         key: &Key,
         uid: &str,
         from: CoredumpPhase,
-        reason: &str,
+        reason: CoredumpReason,
         message: &str,
     ) -> Result<(), ApiError> {
         self.registry
@@ -197,7 +197,7 @@ impl Maintenance {
                     key,
                     &blob.uid,
                     CoredumpPhase::Pending,
-                    "UploadTimeout",
+                    CoredumpReason::UploadTimeout,
                     &format!("no core was uploaded within {}s", pending_limit),
                 )
                 .await?;
@@ -235,7 +235,7 @@ impl Maintenance {
                             name: key.name.clone(),
                             uid: str_at(obj, "/metadata/uid").unwrap_or_default(),
                             warning: false,
-                            reason: "DeletedByRetention",
+                            reason: EventReason::DeletedByRetention,
                             message: format!(
                                 "older than the maxAge of CoredumpQuota {}",
                                 qkey.name

@@ -18,9 +18,9 @@ pub mod openapi;
 pub mod types;
 
 pub use types::{
-    Coredump, CoredumpPhase, CoredumpQuota, CoredumpQuotaSpec, CoredumpQuotaStatus, CoredumpSpec,
-    CoredumpStatus, CrashAnalysis, CrashGroup, FieldError, KindInfo, SubresourceInfo, COREDUMP,
-    COREDUMP_QUOTA, CRASH_GROUP,
+    Coredump, CoredumpPhase, CoredumpQuota, CoredumpQuotaSpec, CoredumpQuotaStatus, CoredumpReason,
+    CoredumpSpec, CoredumpStatus, CrashAnalysis, CrashGroup, EventReason, FieldError, KindInfo,
+    SubresourceInfo, COREDUMP, COREDUMP_QUOTA, CRASH_GROUP,
 };
 
 /// The API group.

@@ -340,6 +340,66 @@ impl std::fmt::Display for CoredumpPhase {
     }
 }
 
+/// Why the server set a Coredump's phase, as written in `status.reason` (the wire keeps the
+/// field a string, so a status written by someone else still decodes; the server writes
+/// only these values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum CoredumpReason {
+    /// Rejected: the namespace's CoredumpQuota (or the server default) had no room.
+    QuotaExceeded,
+    /// Failed: no core was uploaded within the server's --pending-timeout.
+    UploadTimeout,
+    /// Failed: the core of a Stored Coredump is gone from the core storage.
+    CoreMissing,
+}
+
+/// The reason of a Kubernetes Event the server records about a Coredump.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum EventReason {
+    /// The quota refused the core (a Warning).
+    Rejected,
+    /// The core was uploaded and stored.
+    Stored,
+    /// The upload or storage failed (a Warning; the message names the status reason).
+    Failed,
+    /// Deleted to make room for a newer core (the quota's evictOldest).
+    Evicted,
+    /// Deleted because it was older than its quota's maxAge.
+    DeletedByRetention,
+}
+
+macro_rules! str_enum {
+    ($t:ident { $($v:ident),* $(,)? }) => {
+        impl $t {
+            /// The value as serialized.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($t::$v => stringify!($v),)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+str_enum!(CoredumpReason {
+    QuotaExceeded,
+    UploadTimeout,
+    CoreMissing
+});
+str_enum!(EventReason {
+    Rejected,
+    Stored,
+    Failed,
+    Evicted,
+    DeletedByRetention
+});
+
 /// Where the core file stands, maintained by the server.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -706,5 +766,34 @@ mod tests {
                 assert!(!s.kind.is_empty());
             }
         }
+    }
+
+    #[test]
+    fn reasons_serialize_as_their_names() {
+        for r in [
+            CoredumpReason::QuotaExceeded,
+            CoredumpReason::UploadTimeout,
+            CoredumpReason::CoreMissing,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+            assert_eq!(
+                serde_json::from_value::<CoredumpReason>(r.as_str().into()).unwrap(),
+                r
+            );
+        }
+        assert_eq!(CoredumpReason::QuotaExceeded.as_str(), "QuotaExceeded");
+        for r in [
+            EventReason::Rejected,
+            EventReason::Stored,
+            EventReason::Failed,
+            EventReason::Evicted,
+            EventReason::DeletedByRetention,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+        assert_eq!(
+            EventReason::DeletedByRetention.to_string(),
+            "DeletedByRetention"
+        );
     }
 }
