@@ -128,7 +128,8 @@ impl Drop for Installed {
 }
 
 /// Copies this binary to `to` (via a temporary name, so a handler the
-/// kernel is running right now is never overwritten in place).
+/// kernel is running right now is never overwritten in place), durably: the
+/// kernel may run it right after a reboot.
 fn copy_self(to: &Path) -> Result<(), AgentError> {
     let io = |what: String| move |source| AgentError::Io { what, source };
     let me = std::env::current_exe().map_err(io("finding this binary".into()))?;
@@ -138,12 +139,22 @@ fn copy_self(to: &Path) -> Result<(), AgentError> {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).map_err(io(format!("mkdir {}", dir.display())))?;
     }
-    let tmp = to.with_extension(format!("tmp.{}", std::process::id()));
-    std::fs::copy(&me, &tmp).map_err(io(format!("copy to {}", tmp.display())))?;
-    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-        .map_err(io(format!("chmod {}", tmp.display())))?;
-    std::fs::rename(&tmp, to).map_err(io(format!("rename to {}", to.display())))?;
-    Ok(())
+    let mut tmp = coredump_durable::AtomicFile::create(to, 0o755).map_err(|e| AgentError::Io {
+        what: format!("create {}", e.path().display()),
+        source: e.into_io(),
+    })?;
+    let copy_err = io(format!("copy to {}", tmp.temp_path().display()));
+    std::fs::File::open(&me)
+        .and_then(|mut src| std::io::copy(&mut src, tmp.file_mut()))
+        .map_err(copy_err)?;
+    // Not subject to the umask, as the kernel must be able to run it.
+    tmp.file()
+        .set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .map_err(io(format!("chmod {}", tmp.temp_path().display())))?;
+    tmp.commit().map_err(|e| AgentError::Io {
+        what: format!("{} {}", e.op(), e.path().display()),
+        source: e.into_io(),
+    })
 }
 
 /// Installs the handler; `standing_by` is called if another agent holds the
@@ -697,7 +708,7 @@ impl Deliverer {
         );
         match serde_json::to_vec(&a) {
             Ok(b) => {
-                if let Err(e) = crate::spool::write_atomic(&kept, &b) {
+                if let Err(e) = coredump_durable::write_atomic(&kept, &b, 0o600) {
                     warn!(error = %e, "keeping the analysis");
                 }
             }

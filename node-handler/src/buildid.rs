@@ -326,33 +326,28 @@ pub fn ensure_cached(
     if size > limits.max_file_bytes || size > limits.max_total_bytes {
         return Ok(false);
     }
-    let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
-    let io = |op, p: &Path| {
-        let path = p.to_path_buf();
-        move |source| BuildIdError::Io { op, path, source }
+    // Not fsynced (commit_unsynced): a hit checks the size, so a short file a power loss
+    // may leave is copied again; the copy runs while the crashed process is held.
+    let durable = |e: coredump_durable::Error| {
+        let (op, path, source) = e.into_parts();
+        BuildIdError::Io { op, path, source }
     };
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
+    let mut out = coredump_durable::AtomicFile::create(&dst, 0o600).map_err(durable)?;
     let mut reader = src.take(size);
     let copied = (|| {
         // From the start, whatever the descriptor's position.
         use std::io::Seek;
         let mut s = src;
         s.seek(io::SeekFrom::Start(0))?;
-        io::copy(&mut reader, &mut out)
+        io::copy(&mut reader, out.file_mut())
     })();
+    // An error drops `out`, which removes the temporary file.
     match copied {
         Ok(n) if n == size => {}
         Ok(n) => {
-            let _ = fs::remove_file(&tmp);
             return Err(BuildIdError::Io {
                 op: "copy",
-                path: tmp,
+                path: out.temp_path().to_path_buf(),
                 source: io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("{n} of {size} bytes"),
@@ -360,15 +355,14 @@ pub fn ensure_cached(
             });
         }
         Err(e) => {
-            let _ = fs::remove_file(&tmp);
             return Err(BuildIdError::Io {
                 op: "copy",
-                path: tmp,
+                path: out.temp_path().to_path_buf(),
                 source: e,
             });
         }
     }
-    fs::rename(&tmp, &dst).map_err(io("rename", &dst))?;
+    out.commit_unsynced().map_err(durable)?;
     evict(dir, limits.max_total_bytes)?;
     Ok(true)
 }

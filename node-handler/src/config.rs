@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::spool::{read_bounded, write_atomic, SpoolError};
+use crate::spool::{read_bounded, SpoolError};
 
 const MAX_CONFIG_BYTES: u64 = 64 << 10;
 /// Enough for tens of thousands of IDs; the node has far fewer pods.
@@ -164,7 +164,7 @@ fn store_json<T: Serialize>(path: &Path, value: &T) -> Result<(), ConfigError> {
         source,
     })?;
     json.push(b'\n');
-    Ok(write_atomic(path, &json)?)
+    Ok(coredump_durable::write_atomic(path, &json, 0o600).map_err(SpoolError::from)?)
 }
 
 #[cfg(test)]

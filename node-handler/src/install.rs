@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::pattern::{self, PatternError};
-use crate::spool::{read_bounded, write_atomic, Spool, SpoolError};
+use crate::spool::{read_bounded, Spool, SpoolError};
 
 pub const CORE_PATTERN: &str = "/proc/sys/kernel/core_pattern";
 pub const CORE_PIPE_LIMIT: &str = "/proc/sys/kernel/core_pipe_limit";
@@ -168,7 +168,7 @@ impl InstallState {
             path: path.clone(),
             source,
         })?;
-        Ok(write_atomic(&path, &json)?)
+        Ok(coredump_durable::write_atomic(&path, &json, 0o600).map_err(SpoolError::from)?)
     }
 }
 

@@ -10,7 +10,7 @@
 //!   `capture.log`: see the `limits`, `config` and `install` modules.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -52,6 +52,14 @@ pub enum SpoolError {
 }
 
 type Result<T> = std::result::Result<T, SpoolError>;
+
+/// A durable write's failed step keeps its name and path.
+impl From<coredump_durable::Error> for SpoolError {
+    fn from(e: coredump_durable::Error) -> Self {
+        let (op, path, source) = e.into_parts();
+        SpoolError::Io { op, path, source }
+    }
+}
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> SpoolError {
     let path = path.to_path_buf();
@@ -447,7 +455,7 @@ impl Spool {
             source,
         })?;
         json.push(b'\n');
-        write_durable(&tmp, &json)?;
+        coredump_durable::write_file(&tmp, &json, 0o600)?;
         let mut last = record.id.clone();
         let moved = rename_unique(&tmp, |n| {
             last = suffixed(&record.id, n);
@@ -457,7 +465,7 @@ impl Spool {
             let _ = fs::remove_file(&tmp);
         }
         moved?;
-        sync_dir(&dir)?;
+        coredump_durable::sync_dir(&dir)?;
         Ok(last)
     }
 
@@ -551,8 +559,8 @@ impl PendingEntry {
                 source,
             })?;
             json.push(b'\n');
-            write_durable(&meta, &json)?;
-            sync_dir(&self.dir)?;
+            coredump_durable::write_file(&meta, &json, 0o600)?;
+            coredump_durable::sync_dir(&self.dir)?;
             let to = cores.join(&entry.id);
             match renameat2(
                 AT_FDCWD,
@@ -567,7 +575,7 @@ impl PendingEntry {
             }
         }
         self.committed = true;
-        sync_dir(&cores)?;
+        coredump_durable::sync_dir(&cores)?;
         Ok(entry.id.clone())
     }
 }
@@ -599,42 +607,6 @@ fn rename_unique(from: &Path, mut name: impl FnMut(u32) -> PathBuf) -> Result<Pa
         }
     }
     Err(SpoolError::NameExhausted(from.to_path_buf()))
-}
-
-/// Writes a new file and fsyncs it.
-fn write_durable(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io_err("create", path))?;
-    f.write_all(data).map_err(io_err("write", path))?;
-    f.sync_all().map_err(io_err("fsync", path))
-}
-
-/// Writes a file atomically (tmp + fsync + rename + fsync of the directory);
-/// used for the small state files the agent and `install` keep.
-pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
-    write_durable(&tmp, data)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err("rename", path)(e));
-    }
-    sync_dir(dir)
-}
-
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err("fsync", dir))
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -690,7 +662,7 @@ fn dir_usage(dir: &Path, depth: u32) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn crash() -> CrashInfo {
         CrashInfo {
