@@ -559,7 +559,10 @@ mod tests {
             resource: COREDUMP.plural.into(),
             namespace: Some("ns".into()),
         };
-        let (_, all) = r.store.list(&scope, None, &[]).expect("list");
+        let (_, all) = r
+            .store
+            .list(&scope, None, &crate::store::keep_all)
+            .expect("list");
         let summed = all
             .values()
             .fold(Usage::default(), |u, o| add(u, contribution(Some(o))));

@@ -11,16 +11,28 @@
 //! revision is recorded only after its transaction is applied); events are published to
 //! watchers only up to the durable revision and in revision order; a writer is answered
 //! only once its revision is durable, or with the flush's error.
+//!
+//! Batching: a commit cannot overlap a flush (see the store's flush gate), so writers
+//! that queue during a flush commit one after another once it ends. The flusher lingers
+//! — at most [`LINGER`] — while writers are still arriving (counted from before the
+//! write lock until their commit), so that one flush covers the whole queue instead of
+//! the first commit after each flush alone. Lingering delays a flush, never declares
+//! anything durable early.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, HistogramOpts};
 use tokio::sync::{broadcast, watch};
 
 use crate::store::{Event, StoreError};
+
+/// The longest a flush waits for writers already queued to commit: a bound on the
+/// latency batching adds, small against a flush (milliseconds on a real disk).
+pub const LINGER: Duration = Duration::from_millis(5);
 
 /// What writers learn from the flusher.
 #[derive(Clone, Debug, Default)]
@@ -47,15 +59,54 @@ pub struct Durability {
     wake: Condvar,
     flushed: watch::Sender<Flushed>,
     flushes: AtomicU64,
+    /// Writers between arriving at the store and committing.
+    arriving: AtomicUsize,
+    /// How long flushes take, and how many revisions each made durable: the batching.
+    flush_seconds: Histogram,
+    flush_revisions: Histogram,
+}
+
+/// A writer on its way to a commit; counted until dropped.
+pub struct Arriving<'a>(&'a Durability);
+
+impl Drop for Arriving<'_> {
+    fn drop(&mut self) {
+        // Under the mailbox lock, so a lingering flusher cannot miss the change.
+        let _w = self.0.wanted.lock().unwrap_or_else(PoisonError::into_inner);
+        self.0.arriving.fetch_sub(1, Ordering::AcqRel);
+        self.0.wake.notify_one();
+    }
 }
 
 impl Durability {
-    pub fn new(durable_rv: u64, events: broadcast::Sender<Arc<Event>>) -> Arc<Self> {
+    pub fn new(
+        durable_rv: u64,
+        events: broadcast::Sender<Arc<Event>>,
+    ) -> Result<Arc<Self>, StoreError> {
         let (flushed, _) = watch::channel(Flushed {
             durable: durable_rv,
             failed: None,
         });
-        Arc::new(Self {
+        let metric = |e: prometheus::Error| StoreError::Flush(format!("flush metrics: {e}"));
+        let flush_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "coredump_apiserver_store_flush_duration_seconds",
+                "Time of one flush of the metadata store to disk (fsync included).",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.256, 0.512, 1.0,
+            ]),
+        )
+        .map_err(metric)?;
+        let flush_revisions = Histogram::with_opts(
+            HistogramOpts::new(
+                "coredump_apiserver_store_flush_revisions",
+                "Revisions one flush made durable (group commit: writes sharing a flush).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0]),
+        )
+        .map_err(metric)?;
+        Ok(Arc::new(Self {
             durable_rv: AtomicU64::new(durable_rv),
             unpublished: Mutex::new(VecDeque::new()),
             events,
@@ -66,7 +117,10 @@ impl Durability {
             wake: Condvar::new(),
             flushed,
             flushes: AtomicU64::new(0),
-        })
+            arriving: AtomicUsize::new(0),
+            flush_seconds,
+            flush_revisions,
+        }))
     }
 
     pub fn durable_rv(&self) -> u64 {
@@ -77,9 +131,30 @@ impl Durability {
         self.events.subscribe()
     }
 
+    /// The flush metrics, for the server's registry.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        vec![
+            Box::new(self.flush_seconds.clone()),
+            Box::new(self.flush_revisions.clone()),
+        ]
+    }
+
     /// Flushes done so far (for tests and metrics: fewer than writes means batching).
     pub fn flushes(&self) -> u64 {
         self.flushes.load(Ordering::Relaxed)
+    }
+
+    /// Counts a writer from its arrival (before the write lock) until the guard drops
+    /// (after its commit, before it waits for the flush).
+    pub fn arrive(&self) -> Arriving<'_> {
+        self.arriving.fetch_add(1, Ordering::AcqRel);
+        Arriving(self)
+    }
+
+    /// Writers counted by [`Durability::arrive`] right now.
+    #[cfg(test)]
+    pub fn arriving_now(&self) -> usize {
+        self.arriving.load(Ordering::Acquire)
     }
 
     /// Records committed events (call under the store's write lock, in revision order).
@@ -204,15 +279,32 @@ fn run(db: &sled::Db, gate: &RwLock<()>, d: &Durability) {
             if w.committed <= flushed {
                 return; // stopped with nothing left to flush
             }
+            // Writers queued behind the write lock join this flush (bounded by LINGER).
+            let deadline = Instant::now() + LINGER;
+            while d.arriving.load(Ordering::Acquire) > 0 && !w.stop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                w = d
+                    .wake
+                    .wait_timeout(w, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
             w.committed
         };
+        let started = Instant::now();
         let result = {
             let _shared = gate.read().unwrap_or_else(PoisonError::into_inner);
             db.flush()
         };
+        d.flush_seconds.observe(started.elapsed().as_secs_f64());
         d.flushes.fetch_add(1, Ordering::Relaxed);
         match result {
             Ok(_) => {
+                d.flush_revisions
+                    .observe(target.saturating_sub(flushed) as f64);
                 flushed = target;
                 d.mark_durable(target);
             }

@@ -23,7 +23,7 @@ use crate::admission::{blob_key, rebuild_usage, usage, write_quota_status, USAGE
 use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
 use crate::registry::{phase_of, str_at, Ctx, Kind, Preconditions, Registry};
-use crate::store::{Key, Scope};
+use crate::store::{keep_all, Key, Scope};
 use crate::uploads::Uploads;
 use coredump_openapi::{CoredumpPhase, CoredumpReason, EventReason};
 
@@ -52,7 +52,7 @@ impl Maintenance {
                 namespace: None,
             },
             None,
-            &[],
+            &keep_all,
         )?;
         Ok(objects.into_iter().collect())
     }

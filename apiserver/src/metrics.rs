@@ -86,6 +86,9 @@ impl Metrics {
         )?;
         registry.register(Box::new(objects.clone()))?;
         registry.register(Box::new(crashes.clone()))?;
+        for c in store.collectors() {
+            registry.register(c)?;
+        }
         Ok(Self {
             registry,
             requests,

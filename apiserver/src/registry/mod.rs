@@ -296,8 +296,8 @@ impl Registry {
             None => (self.requested_rv(opts)?, None),
         };
         // Objects that cannot match the label selector are skipped before decoding.
-        let fragments = opts.label.required_fragments();
-        let (rv, objects) = self.store.list(&scope, at, &fragments).map_err(|e| match (e, &opts.continue_token) {
+        let matcher = opts.label.stored_matcher();
+        let (rv, objects) = self.store.list(&scope, at, &|b: &[u8]| matcher.matches(b)).map_err(|e| match (e, &opts.continue_token) {
             (StoreError::Compacted { .. }, Some(_)) => ApiError::expired(
                 "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
             ),

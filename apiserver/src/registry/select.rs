@@ -157,6 +157,58 @@ impl LabelSelector {
     pub fn matches_object(&self, obj: &Value) -> bool {
         self.is_empty() || self.matches(&labels_of(obj))
     }
+
+    /// This selector on stored JSON, for a store to skip objects before decoding them.
+    pub fn stored_matcher(&self) -> StoredMatcher<'_> {
+        StoredMatcher {
+            finders: self
+                .required_fragments()
+                .iter()
+                .map(|f| memchr::memmem::Finder::new(f).into_owned())
+                .collect(),
+            needs_labels: self.0.iter().any(|r| !matches!(r.op, Op::Eq(_))),
+            selector: self,
+        }
+    }
+}
+
+/// A label selector on an object's stored JSON, without decoding the object: the
+/// equalities' fragments are searched first (a byte search), then, only when the selector
+/// has requirements without an equality (`in`, `!key`, `!=`…), `metadata.labels` alone is
+/// parsed (the rest of the object skipped unallocated). It accepts whatever it cannot
+/// read, so the check on the decoded object stays the one that decides: it may keep too
+/// much, never too little.
+pub struct StoredMatcher<'a> {
+    selector: &'a LabelSelector,
+    finders: Vec<memchr::memmem::Finder<'static>>,
+    needs_labels: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct LabelsOnly {
+    #[serde(default)]
+    metadata: LabelsMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct LabelsMeta {
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+}
+
+impl StoredMatcher<'_> {
+    pub fn matches(&self, stored: &[u8]) -> bool {
+        if !self.finders.iter().all(|f| f.find(stored).is_some()) {
+            return false;
+        }
+        if !self.needs_labels {
+            return true;
+        }
+        match serde_json::from_slice::<LabelsOnly>(stored) {
+            Ok(o) => self.selector.matches(&o.metadata.labels),
+            Err(_) => true,
+        }
+    }
 }
 
 pub fn labels_of(obj: &Value) -> BTreeMap<String, String> {
@@ -411,6 +463,7 @@ impl ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs
@@ -438,6 +491,53 @@ mod tests {
             .expect("parse")
             .required_fragments()
             .is_empty());
+    }
+
+    #[test]
+    fn stored_matcher_agrees_with_the_decoded_check_and_keeps_what_it_cannot_read() {
+        let objects = [
+            json!({"metadata": {"name": "a", "labels": {"g": "x", "seen": "yes"}}}),
+            json!({"metadata": {"name": "b", "labels": {"g": "y"}}}),
+            // The equality's fragment, but in an annotation.
+            json!({"metadata": {"name": "c", "annotations": {"g": "x"}}}),
+            json!({"metadata": {"name": "d", "labels": {"g": "z", "seen": "no"}}}),
+        ];
+        for (sel, reads_labels) in [
+            ("", false),
+            ("g=x", false),
+            ("g in (x,y)", true),
+            ("!seen", true),
+            ("g!=y", true),
+            ("seen,g notin (z)", true),
+            ("g=x,!seen", true),
+        ] {
+            let s = LabelSelector::parse(sel).expect(sel);
+            let m = s.stored_matcher();
+            for o in &objects {
+                let bytes = serde_json::to_vec(o).expect("json");
+                let (stored, decoded) = (m.matches(&bytes), s.matches_object(o));
+                // Never refuses what the selector matches; with the labels read, exact.
+                assert!(stored || !decoded, "{sel} refused {o}");
+                if reads_labels {
+                    assert_eq!(stored, decoded, "{sel} on {o}");
+                }
+            }
+        }
+        // The fragment search alone keeps the annotation look-alike; the labels do not.
+        let c = serde_json::to_vec(&objects[2]).expect("json");
+        assert!(LabelSelector::parse("g=x")
+            .expect("parse")
+            .stored_matcher()
+            .matches(&c));
+        assert!(!LabelSelector::parse("g in (x)")
+            .expect("parse")
+            .stored_matcher()
+            .matches(&c));
+        // Unreadable labels are kept for the decoded check to decide.
+        let s = LabelSelector::parse("!seen").expect("parse");
+        assert!(s
+            .stored_matcher()
+            .matches(br#"{"metadata":{"labels":{"seen":1}}}"#));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::{with_type_meta, Kind, ListOptions, Registry};
 use crate::error::ApiError;
-use crate::store::{Event, EventType, Scope};
+use crate::store::{keep_all, Event, EventType, Scope};
 
 /// Default and cap for how long one watch lasts (kube-apiserver: 30–60 min).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -123,7 +123,7 @@ impl Watcher {
                     resource: self.kind.info().plural.to_string(),
                     namespace: self.scope_ns.clone(),
                 };
-                let (rv, objects) = match self.registry.store.list(&scope, None, &[]) {
+                let (rv, objects) = match self.registry.store.list(&scope, None, &keep_all) {
                     Ok(x) => x,
                     Err(e) => return self.send(WatchItem::Error(e.into())).await,
                 };

@@ -21,7 +21,7 @@
 //!   what it reads: no side effects outside its [`Tx`], its result taken from its last run.
 //!   This is what keeps quota admission exact under concurrency.
 //! - **Prefilter hints are only hints**: [`MetadataStore::list`] may leave out objects whose
-//!   stored JSON lacks one of the given fragments, or return them anyway; callers filter.
+//!   stored JSON the given [`Prefilter`] refuses, or return them anyway; callers filter.
 //!
 //! sled's transactions never conflict (writers are serialized by one lock, and many
 //! writes share one flush: group commit, see [`crate::groupcommit`]), so it runs each body
@@ -212,6 +212,16 @@ pub struct Abort;
 
 /// A transaction's body, as backends see it: run once per attempt, each time on a fresh
 /// [`Tx`].
+/// A test on an object's stored JSON, before it is decoded: `false` lets a list leave
+/// the object out. It may accept objects the caller then filters out, never refuse one
+/// the caller wants (e.g. a label selector read from the bytes, see the registry).
+pub type Prefilter<'a> = dyn Fn(&[u8]) -> bool + Sync + 'a;
+
+/// A [`Prefilter`] that keeps everything.
+pub fn keep_all(_: &[u8]) -> bool {
+    true
+}
+
 pub type TxBody<'f> = dyn FnMut(&mut Tx<'_>) -> Result<(), Abort> + Send + 'f;
 
 /// A store of objects with a revision log; see the module docs for what every
@@ -224,14 +234,14 @@ pub trait MetadataStore: Send + Sync {
     fn get(&self, key: &Key) -> Result<Option<Value>, StoreError>;
 
     /// The objects in `scope` at revision `rv` (`None`: the last durable revision) and
-    /// that revision. Objects whose stored JSON lacks one of `prefilter` may be left out
-    /// (a hint: callers filter the result themselves). Fails with
+    /// that revision. Objects whose stored JSON `prefilter` refuses may be left out
+    /// undecoded (a hint: callers filter the result themselves). Fails with
     /// [`StoreError::Compacted`] when the log no longer reaches `rv`.
     fn list(
         &self,
         scope: &Scope,
         rv: Option<u64>,
-        prefilter: &[Vec<u8>],
+        prefilter: &Prefilter<'_>,
     ) -> Result<(u64, BTreeMap<Key, Value>), StoreError>;
 
     /// Every change after revision `rv` that is durable, oldest first; fails with
@@ -249,6 +259,12 @@ pub trait MetadataStore: Send + Sync {
 
     /// Number of stored objects of `resource` (for metrics; need not be at one revision).
     fn count(&self, resource: &str) -> Result<usize, StoreError>;
+
+    /// The backend's own metrics (e.g. flush times and writes per flush), registered by
+    /// the server's metrics; none by default.
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        Vec::new()
+    }
 
     /// Runs `body` on the newest state and commits its writes atomically once durable,
     /// running it again on conflict; returns the committed events (none when it wrote

@@ -18,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -27,7 +27,10 @@ use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::broadcast;
 
-use super::{Event, EventType, Key, MetadataStore, Scope, StoreError, Tx, TxBody, TxRead};
+use super::{
+    keep_all, Event, EventType, Key, MetadataStore, Prefilter, Scope, StoreError, Tx, TxBody,
+    TxRead,
+};
 use crate::groupcommit::{Durability, Flusher};
 
 fn encode_key(key: &Key) -> Vec<u8> {
@@ -51,13 +54,24 @@ fn scope_prefix(scope: &Scope) -> Vec<u8> {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct LogRecord {
     t: EventType,
     k: Key,
     o: Value,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     p: Option<Value>,
+}
+
+/// A [`LogRecord`] as written: borrowed from the event, so a commit serializes the
+/// objects without copying them first.
+#[derive(Serialize)]
+struct LogRecordRef<'a> {
+    t: EventType,
+    k: &'a Key,
+    o: &'a Value,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    p: Option<&'a Value>,
 }
 
 /// A transaction's reads: the committed state, under the write lock.
@@ -76,7 +90,9 @@ pub struct SledStore {
     objects: sled::Tree,
     log: sled::Tree,
     meta: sled::Tree,
-    write_lock: Mutex<()>,
+    /// Serializes writers. Async, so that writers queued behind it (up to one per request
+    /// in flight) wait without holding a runtime thread.
+    write_lock: tokio::sync::Mutex<()>,
     /// Held shared by every flush and exclusively by every sled transaction: sled 0.34
     /// deadlocks when the two overlap (a flush keeps its concurrency-control read lock
     /// while it waits for the log to be stable; a transaction queued for the write lock
@@ -112,14 +128,14 @@ impl SledStore {
         // What sled recovered is on disk.
         let durable_rv = read_u64(&meta, META_RV)?;
         let flush_gate = Arc::new(RwLock::new(()));
-        let durability = Durability::new(durable_rv, events);
+        let durability = Durability::new(durable_rv, events)?;
         let flusher = Flusher::start(db.clone(), Arc::clone(&flush_gate), Arc::clone(&durability))?;
         Ok(Self {
             objects: db.open_tree("objects")?,
             meta,
             log,
             db,
-            write_lock: Mutex::new(()),
+            write_lock: tokio::sync::Mutex::new(()),
             flush_gate,
             durability,
             _flusher: flusher,
@@ -177,24 +193,20 @@ impl SledStore {
     }
 
     fn list_current(&self, scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
-        self.list_current_containing(scope, &[])
+        self.list_current_containing(scope, &keep_all)
     }
 
-    /// Like `list_current`, skipping (without decoding) objects whose stored bytes lack
-    /// one of `fragments`.
+    /// Like `list_current`, skipping (without decoding) objects whose stored bytes
+    /// `prefilter` refuses.
     fn list_current_containing(
         &self,
         scope: &Scope,
-        fragments: &[Vec<u8>],
+        prefilter: &Prefilter<'_>,
     ) -> Result<Vec<(Key, Value)>, StoreError> {
-        let finders: Vec<memchr::memmem::Finder<'_>> = fragments
-            .iter()
-            .map(|f| memchr::memmem::Finder::new(f.as_slice()))
-            .collect();
         let mut out = Vec::new();
         for item in self.objects.scan_prefix(scope_prefix(scope)) {
             let (k, v) = item?;
-            if !finders.iter().all(|f| f.find(&v).is_some()) {
+            if !prefilter(&v) {
                 continue;
             }
             if let Some(key) = decode_key(&k) {
@@ -213,18 +225,17 @@ impl SledStore {
         scope: &Scope,
         rv: Option<u64>,
     ) -> Result<(u64, BTreeMap<Key, Value>), StoreError> {
-        self.list_at_containing(scope, rv, &[])
+        self.list_at_containing(scope, rv, &keep_all)
     }
 
-    /// Like [`SledStore::list_at`], but current objects whose stored JSON lacks one of
-    /// `fragments` are left out undecoded (objects restored from the log are all kept):
-    /// a superset of what a selector with these required fragments matches, for the
-    /// caller to filter.
+    /// Like [`SledStore::list_at`], but current objects whose stored JSON `prefilter`
+    /// refuses are left out undecoded (objects restored from the log are all kept): a
+    /// superset of what the caller wants, for it to filter.
     pub fn list_at_containing(
         &self,
         scope: &Scope,
         rv: Option<u64>,
-        fragments: &[Vec<u8>],
+        prefilter: &Prefilter<'_>,
     ) -> Result<(u64, BTreeMap<Key, Value>), StoreError> {
         // Read the counter first: whatever the scan then sees beyond it is undone below,
         // so the result is exactly the state at `target` without holding the write lock.
@@ -239,7 +250,7 @@ impl SledStore {
             });
         }
         let mut map: BTreeMap<Key, Value> = self
-            .list_current_containing(scope, fragments)?
+            .list_current_containing(scope, prefilter)?
             .into_iter()
             .collect();
         let newer: Vec<Event> = self.log_range(target, u64::MAX)?;
@@ -304,19 +315,26 @@ impl SledStore {
     /// its writes atomically, each with its own revision, then waits until they are on
     /// disk. Returns the events.
     async fn run_body(&self, body: &mut TxBody<'_>) -> Result<Vec<Arc<Event>>, StoreError> {
+        // Counted from before the lock until committed: the flusher lingers for writers
+        // already queued, so they share its flush instead of each waiting for the next.
+        let arriving = self.durability.arrive();
         let events = {
-            let _guard = self.write_lock.lock().unwrap_or_else(|e| e.into_inner());
-            let mut tx = Tx::new(self);
-            body(&mut tx).map_err(|_| StoreError::Aborted)?;
-            let events = self.commit(tx.into_writes())?;
-            self.durability.committed(&events);
-            let len = self.log_len.fetch_add(events.len(), Ordering::Relaxed) + events.len();
-            // Trim in steps of a tenth, so most writes pay nothing for it.
-            if len > self.log_keep + self.log_keep / 10 {
-                self.compact(self.log_keep)?;
-            }
-            events
+            let _guard = self.write_lock.lock().await;
+            // A commit waits out a running flush (the flush gate): off the async threads.
+            blocking(|| {
+                let mut tx = Tx::new(self);
+                body(&mut tx).map_err(|_| StoreError::Aborted)?;
+                let events = self.commit(tx.into_writes())?;
+                self.durability.committed(&events);
+                let len = self.log_len.fetch_add(events.len(), Ordering::Relaxed) + events.len();
+                // Trim in steps of a tenth, so most writes pay nothing for it.
+                if len > self.log_keep + self.log_keep / 10 {
+                    self.compact(self.log_keep)?;
+                }
+                Ok::<_, StoreError>(events)
+            })?
         };
+        drop(arriving);
         if let Some(last) = events.last() {
             // Answered once on disk; writers waiting together share one flush.
             self.durability.wait(last.rv).await?;
@@ -358,11 +376,11 @@ impl SledStore {
         let encoded: Vec<Encoded> = events
             .iter()
             .map(|ev| {
-                let rec = LogRecord {
+                let rec = LogRecordRef {
                     t: ev.kind,
-                    k: ev.key.clone(),
-                    o: (*ev.object).clone(),
-                    p: ev.prev.as_deref().cloned(),
+                    k: &ev.key,
+                    o: &ev.object,
+                    p: ev.prev.as_deref(),
                 };
                 let obj = (ev.kind != EventType::Deleted)
                     .then(|| serde_json::to_vec(&*ev.object).unwrap_or_default());
@@ -428,7 +446,7 @@ impl MetadataStore for SledStore {
         &self,
         scope: &Scope,
         rv: Option<u64>,
-        prefilter: &[Vec<u8>],
+        prefilter: &Prefilter<'_>,
     ) -> Result<(u64, BTreeMap<Key, Value>), StoreError> {
         self.list_at_containing(scope, rv, prefilter)
     }
@@ -458,11 +476,25 @@ impl MetadataStore for SledStore {
         Ok(n)
     }
 
+    fn collectors(&self) -> Vec<Box<dyn prometheus::core::Collector>> {
+        self.durability.collectors()
+    }
+
     fn transact_body<'a>(
         &'a self,
         body: &'a mut TxBody<'_>,
     ) -> BoxFuture<'a, Result<Vec<Arc<Event>>, StoreError>> {
         Box::pin(self.run_body(body))
+    }
+}
+
+/// Runs `f`, which may block (a sled commit waiting for a flush), without stalling the
+/// runtime: on a multi-threaded runtime the thread hands its other tasks to another
+/// first; elsewhere (single-threaded tests) it just runs.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 
@@ -597,6 +629,59 @@ mod tests {
         let flushes = store.flushes() - before;
         assert_eq!(store.durable_rv(), 640);
         assert!(flushes < 640 / 2, "{flushes} flushes for 640 writes");
+    }
+
+    /// Writers that queue while a flush runs commit one after another once it ends; the
+    /// flusher lingers for them, so they share one flush instead of the first commit
+    /// being flushed alone (and the rest after it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn writers_queued_behind_a_flush_share_the_next_one() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(SledStore::open(dir.path(), 100_000).expect("open"));
+        put(&store, Key::new("things", "ns", "first"), obj("x", 0)).await;
+        let gate = Arc::clone(&store.flush_gate);
+        // As a running flush does: no commit can start (held by a thread of its own,
+        // as the flusher does).
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        let holder = std::thread::spawn(move || {
+            let _held = gate.write().expect("gate");
+            locked_tx.send(()).expect("locked");
+            let _ = release_rx.recv();
+        });
+        locked_rx.recv().expect("gate held");
+        let before = store.flushes();
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let store = Arc::clone(&store);
+                tokio::spawn(async move {
+                    put(
+                        &store,
+                        Key::new("things", "ns", &format!("w{w}")),
+                        obj("x", w),
+                    )
+                    .await;
+                })
+            })
+            .collect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while store.durability.arriving_now() < 8 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "writers did not arrive"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        release_tx.send(()).expect("release");
+        holder.join().expect("holder");
+        for w in writers {
+            w.await.expect("writer");
+        }
+        assert_eq!(store.durable_rv(), 9);
+        let flushes = store.flushes() - before;
+        // One, or two when the machine is so slow that the linger ran out; without it,
+        // each flush took the one commit made before it (one flush per writer or so).
+        assert!(flushes <= 2, "8 queued writers took {flushes} flushes");
     }
 
     /// Compaction keeps the newest `keep` records and raises the floor to match.
