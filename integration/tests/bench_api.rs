@@ -28,6 +28,7 @@ fn api_benchmark_runs_at_tiny_scale() {
     // Round robin: object i is in namespace i % namespaces and label group i % 100.
     let in_ns0 = opts.objects.div_ceil(opts.namespaces);
     let in_group0 = opts.objects.div_ceil(100);
+    let in_groups01 = in_group0 + opts.objects.saturating_sub(1).div_ceil(100);
     assert_eq!(res.targets.len(), Target::ALL.len());
     for t in &res.targets {
         let name = t.target.name();
@@ -51,10 +52,22 @@ fn api_benchmark_runs_at_tiny_scale() {
         for (what, l, want) in [
             ("list all", &t.list_all, opts.objects),
             ("list by label", &t.list_label, in_group0),
+            ("list by label in", &t.list_label_in, in_groups01),
+            ("list by !label", &t.list_label_absent, in_group0),
             ("list one namespace", &t.list_namespace, in_ns0),
         ] {
             assert_eq!(l.error, None, "{name}: {what}");
             assert_eq!((l.expected, l.returned), (want, want), "{name}: {what}");
+        }
+        if t.target == Target::Crd {
+            assert_eq!(t.flushes, None, "{name}");
+        } else {
+            // Every create (and its usage record) made durable by some flush.
+            let f = t.flushes.expect("flush metrics");
+            assert!(
+                f.flushes >= 1.0 && f.revisions >= opts.objects as f64,
+                "{name}: {f:?}"
+            );
         }
         let w = &t.watch;
         assert_eq!(w.error, None, "{name}: watch");
