@@ -24,7 +24,7 @@ use coredump_openapi::{COREDUMP, COREDUMP_QUOTA};
 
 use crate::blobs::{BlobKey, BlobStore};
 use crate::error::ApiError;
-use crate::registry::{invalid, now_rfc3339, phase_of, str_at, Admission, Ctx, Kind};
+use crate::registry::{invalid, now_rfc3339, phase_of, str_at, Admission, Ctx, Kind, Operation};
 use crate::store::{Event, EventType, Key, Scope, Tx};
 use coredump_openapi::{CoredumpPhase, CoredumpReason};
 
@@ -357,6 +357,17 @@ impl QuotaAdmission {
 }
 
 impl Admission for QuotaAdmission {
+    /// Coredumps and their quotas, on every write (reads and transfers are not its
+    /// business: the upload marks Stored through its own transaction).
+    fn handles(&self, kind: &dyn Kind, op: Operation) -> bool {
+        let plural = kind.info().plural;
+        (plural == COREDUMP.plural || plural == COREDUMP_QUOTA.plural)
+            && matches!(
+                op,
+                Operation::Create | Operation::Update | Operation::Patch | Operation::Delete
+            )
+    }
+
     fn create(
         &self,
         tx: &mut Tx<'_>,

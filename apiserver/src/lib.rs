@@ -135,6 +135,7 @@ pub async fn run(
     let uploads = Arc::new(uploads::Uploads::default());
     let event_sink = events::EventSink::spawn(client.clone());
     let chain = registry::Chain(vec![
+        Arc::new(noderestriction::NodeRestriction::new(client.clone())),
         Arc::new(admission),
         Arc::new(crashgroups::CrashGroups {
             metrics: Arc::clone(&metrics),
@@ -182,7 +183,6 @@ pub async fn run(
         metrics,
         blobs,
         auth,
-        node_restriction: Arc::new(noderestriction::NodeRestriction::new(client.clone())),
         uploads,
         namespaces: namespaces::Namespaces::spawn(client),
     });

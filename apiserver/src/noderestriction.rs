@@ -2,13 +2,20 @@
 //! kubelets: a node agent authenticates with a service-account token bound to its pod,
 //! which carries its node's name; it may create coredumps only for pods bound to that
 //! node with the UID it claims, and may read and touch only its own node's coredumps.
+//!
+//! A member of the registry's admission [`Chain`](crate::registry::Chain) for coredumps,
+//! request phase only: a get is checked on the object read, a create on its body (and the
+//! Pod it names), every other write (update, patch, status, upload, delete, a method no
+//! handler serves) on the object it names, read first only for a node identity. Downloads
+//! are left to RBAC.
 
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
 use crate::auth::UserInfo;
 use crate::error::ApiError;
-use crate::registry::str_at;
+use crate::registry::{str_at, Admission, Attributes, Kind, Operation, Registry};
+use coredump_openapi::COREDUMP;
 
 /// Set by kube-apiserver on tokens bound to a pod running on a node.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
@@ -135,6 +142,38 @@ impl NodeRestriction {
                 "may not delete collections of coredumps".into(),
             )),
         }
+    }
+}
+
+impl Admission for NodeRestriction {
+    fn handles(&self, kind: &dyn Kind, op: Operation) -> bool {
+        kind.info().plural == COREDUMP.plural && op != Operation::Download
+    }
+
+    fn admit<'a>(
+        &'a self,
+        a: &'a Attributes<'a>,
+        registry: &'a Registry,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            match a.operation {
+                Operation::Get => a.object.map_or(Ok(()), |obj| Self::check_read(a.user, obj)),
+                Operation::Create => {
+                    let body = a.object.unwrap_or(&Value::Null);
+                    self.check_create(a.user, a.namespace, body).await
+                }
+                _ => {
+                    if node_of(a.user).is_none() {
+                        return Ok(());
+                    }
+                    let current = match a.name {
+                        Some(name) => Some(registry.get(a.kind, a.namespace, name).await?),
+                        None => None,
+                    };
+                    Self::check_owned(a.user, current.as_ref())
+                }
+            }
+        })
     }
 }
 

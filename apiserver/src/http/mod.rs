@@ -23,7 +23,6 @@ use crate::blobs::BlobStore;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::namespaces::Namespaces;
-use crate::noderestriction::NodeRestriction;
 use crate::registry::{FieldSelector, Registry};
 use crate::reqinfo::{RequestInfo, API_PREFIX};
 use crate::uploads::Uploads;
@@ -35,7 +34,6 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub blobs: Arc<dyn BlobStore>,
     pub auth: Arc<Auth>,
-    pub node_restriction: Arc<NodeRestriction>,
     pub uploads: Arc<Uploads>,
     pub namespaces: Arc<Namespaces>,
 }

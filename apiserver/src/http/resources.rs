@@ -16,10 +16,9 @@ use super::query::Query;
 use super::AppState;
 use crate::auth::UserInfo;
 use crate::error::ApiError;
-use crate::noderestriction::{node_of, NodeRestriction};
 use crate::registry::{
-    self, Ctx, FieldValidation, Kind, LabelSelector, ListOptions, PatchType, Preconditions,
-    Registry, WriteOpts,
+    self, Attributes, Ctx, FieldValidation, Kind, LabelSelector, ListOptions, Operation, PatchType,
+    Preconditions, Registry, WriteOpts,
 };
 use crate::reqinfo::RequestInfo;
 
@@ -84,18 +83,23 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
     };
     let validation = field_validation(&q)?;
     let headers = req.headers().clone();
-    // Node agents may write only their own node's coredumps (creates are checked below,
-    // once the body is read).
-    let writes = !matches!(*req.method(), Method::GET | Method::HEAD | Method::POST);
-    if kind.info().plural == coredump_openapi::COREDUMP.plural
-        && writes
-        && node_of(&ctx.user).is_some()
-    {
-        let current = match &info.path_name {
-            Some(name) => Some(registry.get(&*kind, &ns, name).await?),
-            None => None,
-        };
-        NodeRestriction::check_owned(&ctx.user, current.as_ref())?;
+    // Admission on the request: here for what needs no object, below for a get (on the
+    // object read) and a create (on its body).
+    let op = Operation::of(
+        req.method(),
+        info.subresource.as_deref(),
+        info.path_name.is_some(),
+    );
+    let attrs = |object| Attributes {
+        kind: &*kind,
+        operation: op,
+        namespace: &ns,
+        name: info.path_name.as_deref(),
+        user: &ctx.user,
+        object,
+    };
+    if !matches!(op, Operation::Get | Operation::Create) {
+        registry.admit(&attrs(None)).await?;
     }
     let status_only = match info.subresource.as_deref() {
         None => false,
@@ -133,9 +137,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
                 return list_or_watch(&state, &kind, Some(&ns), &info, &q, &headers).await;
             }
             let obj = registry.get(&*kind, &ns, &name).await?;
-            if kind.info().plural == coredump_openapi::COREDUMP.plural {
-                NodeRestriction::check_read(&ctx.user, &obj)?;
-            }
+            registry.admit(&attrs(Some(&obj))).await?;
             json_response(StatusCode::OK, &negotiate::render_object(&*kind, out, obj))
         }
         (Method::POST, None) => {
@@ -147,12 +149,7 @@ async fn dispatch(state: AppState, req: Request) -> Result<Response, ApiError> {
             let out = negotiate::choose(&headers, false, false, None)?;
             let body = read_json(req, &["application/json"]).await?;
             state.namespaces.check_create(&ns).await?;
-            if kind.info().plural == coredump_openapi::COREDUMP.plural {
-                state
-                    .node_restriction
-                    .check_create(&ctx.user, &ns, &body)
-                    .await?;
-            }
+            registry.admit(&attrs(Some(&body))).await?;
             let obj = registry
                 .create(&*kind, &ns, body, validation, &mut ctx)
                 .await?;

@@ -1,7 +1,9 @@
 //! Kubernetes REST semantics written once, for any kind: get, list, watch, create, update,
 //! patch, delete and deletecollection, with resourceVersion, preconditions, selectors,
 //! paging, dry-run and the status subresource. Kinds differ only through [`Kind`];
-//! admission plugs in through [`Admission`] and runs inside the write transaction.
+//! admission plugs in through [`Admission`]: one [`Chain`] whose members declare the kinds
+//! and [`Operation`]s they handle, run before the transaction on the request
+//! ([`Admission::admit`]) and inside the write transaction (create, update, delete).
 
 pub mod kinds;
 #[cfg(test)]
@@ -50,9 +52,76 @@ pub struct Ctx {
     pub warnings: Vec<String>,
 }
 
-/// Admission, run inside the write transaction so its reads and writes (e.g. quota
-/// usage) commit atomically with the object.
+/// What a request does, as admission members declare what they handle (k8s.io/apiserver's
+/// `admission.Operation`, with the transfer subresources as operations of their own).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Operation {
+    /// A read of one object by name.
+    Get,
+    Create,
+    /// A PUT of the object or of its status. In the transaction a patch is applied as an
+    /// update too: [`Admission::update`] runs for both.
+    Update,
+    Patch,
+    Delete,
+    DeleteCollection,
+    /// A PUT of the core (the `upload` subresource).
+    Upload,
+    /// A GET of the core (the `download` subresource).
+    Download,
+    /// A method no handler serves (answered 405 after admission).
+    Other,
+}
+
+impl Operation {
+    /// The operation of a request by its method, subresource and whether it names an
+    /// object.
+    pub fn of(method: &http::Method, subresource: Option<&str>, named: bool) -> Self {
+        use http::Method;
+        match (method, subresource) {
+            (&Method::GET | &Method::HEAD, Some("download")) => Self::Download,
+            (&Method::GET | &Method::HEAD, _) => Self::Get,
+            (&Method::POST, _) => Self::Create,
+            (&Method::PUT, Some("upload")) => Self::Upload,
+            (&Method::PUT, _) => Self::Update,
+            (&Method::PATCH, _) => Self::Patch,
+            (&Method::DELETE, _) if named => Self::Delete,
+            (&Method::DELETE, _) => Self::DeleteCollection,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// What request-phase admission sees of a request.
+pub struct Attributes<'a> {
+    pub kind: &'a dyn Kind,
+    pub operation: Operation,
+    pub namespace: &'a str,
+    /// The object named in the path, if any.
+    pub name: Option<&'a str>,
+    pub user: &'a crate::auth::UserInfo,
+    /// The request body of a create, or the object a get read; none otherwise.
+    pub object: Option<&'a Value>,
+}
+
+/// Admission: [`Self::admit`] on the request before any transaction (it may read, e.g. a
+/// Pod from the cluster), and the transaction hooks inside the write transaction so their
+/// reads and writes (e.g. quota usage) commit atomically with the object. A member runs
+/// only for the kinds and operations [`Self::handles`] accepts.
 pub trait Admission: Send + Sync {
+    /// Whether this member runs for `op` on `kind` (k8s.io/apiserver's `Handles`).
+    fn handles(&self, _kind: &dyn Kind, _op: Operation) -> bool {
+        true
+    }
+    /// Request-phase admission, before the handler reads or writes the store for the
+    /// request (for a create: once its body is read; for a get: on the object read).
+    fn admit<'a>(
+        &'a self,
+        _attrs: &'a Attributes<'a>,
+        _registry: &'a Registry,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
     fn create(
         &self,
         _tx: &mut Tx<'_>,
@@ -100,11 +169,36 @@ pub trait Admission: Send + Sync {
 pub struct NoAdmission;
 impl Admission for NoAdmission {}
 
-/// Admission members run in order in the same transaction; the first error ends it (and
-/// nothing of it is written). Each member decides itself which kinds it handles.
+/// Admission members run in order, those that handle the kind and operation; the first
+/// error ends the request (in the transaction: nothing of it is written).
 pub struct Chain(pub Vec<Arc<dyn Admission>>);
 
+impl Chain {
+    fn members<'a>(
+        &'a self,
+        kind: &'a dyn Kind,
+        op: Operation,
+    ) -> impl Iterator<Item = &'a dyn Admission> + 'a {
+        self.0
+            .iter()
+            .map(|a| &**a)
+            .filter(move |a| a.handles(kind, op))
+    }
+}
+
 impl Admission for Chain {
+    fn admit<'a>(
+        &'a self,
+        attrs: &'a Attributes<'a>,
+        registry: &'a Registry,
+    ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+        Box::pin(async move {
+            for a in self.members(attrs.kind, attrs.operation) {
+                a.admit(attrs, registry).await?;
+            }
+            Ok(())
+        })
+    }
     fn create(
         &self,
         tx: &mut Tx<'_>,
@@ -112,7 +206,8 @@ impl Admission for Chain {
         obj: &mut Value,
         ctx: &Ctx,
     ) -> Result<(), ApiError> {
-        self.0.iter().try_for_each(|a| a.create(tx, kind, obj, ctx))
+        self.members(kind, Operation::Create)
+            .try_for_each(|a| a.create(tx, kind, obj, ctx))
     }
     fn update(
         &self,
@@ -122,8 +217,7 @@ impl Admission for Chain {
         new: &mut Value,
         ctx: &Ctx,
     ) -> Result<(), ApiError> {
-        self.0
-            .iter()
+        self.members(kind, Operation::Update)
             .try_for_each(|a| a.update(tx, kind, old, new, ctx))
     }
     fn delete(
@@ -133,7 +227,8 @@ impl Admission for Chain {
         obj: &Value,
         ctx: &Ctx,
     ) -> Result<(), ApiError> {
-        self.0.iter().try_for_each(|a| a.delete(tx, kind, obj, ctx))
+        self.members(kind, Operation::Delete)
+            .try_for_each(|a| a.delete(tx, kind, obj, ctx))
     }
     fn prepare_commit(&self, tx: &mut Tx<'_>) -> Result<(), ApiError> {
         self.0.iter().try_for_each(|a| a.prepare_commit(tx))
@@ -242,6 +337,11 @@ impl Registry {
         // Spawned: it completes even if this request is cancelled meanwhile.
         let _ = tokio::spawn(self.admission.finish(&events)).await;
         Ok((value, events))
+    }
+
+    /// Request-phase admission (see [`Admission::admit`]).
+    pub async fn admit(&self, attrs: &Attributes<'_>) -> Result<(), ApiError> {
+        self.admission.admit(attrs, self).await
     }
 
     pub fn kind(&self, resource: &str) -> Option<Arc<dyn Kind>> {
@@ -1006,6 +1106,81 @@ impl Continue {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Records the operations it was run for; handles only `only`.
+    struct Probe {
+        only: Operation,
+        seen: std::sync::Mutex<Vec<Operation>>,
+    }
+
+    impl Admission for Probe {
+        fn handles(&self, _kind: &dyn Kind, op: Operation) -> bool {
+            op == self.only
+        }
+        fn admit<'a>(
+            &'a self,
+            a: &'a Attributes<'a>,
+            _registry: &'a Registry,
+        ) -> futures::future::BoxFuture<'a, Result<(), ApiError>> {
+            self.seen.lock().unwrap().push(a.operation);
+            Box::pin(std::future::ready(Err(ApiError::forbidden("probe"))))
+        }
+    }
+
+    #[tokio::test]
+    async fn the_chain_runs_only_the_members_that_handle_the_operation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn MetadataStore> =
+            Arc::new(crate::store::SledStore::open(&dir.path().join("db"), 100).unwrap());
+        let probe = Arc::new(Probe {
+            only: Operation::Delete,
+            seen: Default::default(),
+        });
+        let registry = Registry::new(
+            store,
+            vec![Arc::new(kinds::CoredumpKind)],
+            Arc::new(Chain(vec![probe.clone()])),
+        );
+        let kind = kinds::CoredumpKind;
+        let user = crate::auth::UserInfo::default();
+        let attrs = |operation| Attributes {
+            kind: &kind,
+            operation,
+            namespace: "ns",
+            name: Some("a"),
+            user: &user,
+            object: None,
+        };
+        assert!(registry.admit(&attrs(Operation::Update)).await.is_ok());
+        assert_eq!(
+            registry
+                .admit(&attrs(Operation::Delete))
+                .await
+                .map_err(|e| e.code),
+            Err(403)
+        );
+        assert_eq!(*probe.seen.lock().unwrap(), [Operation::Delete]);
+    }
+
+    #[test]
+    fn operations_follow_method_and_subresource() {
+        use http::Method;
+        let of = |m: Method, sub: Option<&str>, named: bool| Operation::of(&m, sub, named);
+        assert_eq!(of(Method::GET, None, true), Operation::Get);
+        assert_eq!(
+            of(Method::HEAD, Some("download"), true),
+            Operation::Download
+        );
+        assert_eq!(of(Method::GET, Some("download"), true), Operation::Download);
+        assert_eq!(of(Method::POST, None, false), Operation::Create);
+        assert_eq!(of(Method::PUT, None, true), Operation::Update);
+        assert_eq!(of(Method::PUT, Some("status"), true), Operation::Update);
+        assert_eq!(of(Method::PUT, Some("upload"), true), Operation::Upload);
+        assert_eq!(of(Method::PATCH, Some("status"), true), Operation::Patch);
+        assert_eq!(of(Method::DELETE, None, true), Operation::Delete);
+        assert_eq!(of(Method::DELETE, None, false), Operation::DeleteCollection);
+        assert_eq!(of(Method::OPTIONS, None, true), Operation::Other);
+    }
 
     proptest! {
         /// A continue token from a client: no panic, a 400 for anything we did not write.
