@@ -165,10 +165,10 @@ fn part_paths(out: &Path) -> (PathBuf, PathBuf) {
 }
 
 fn save_state(path: &Path, state: &State) -> Result<(), Error> {
-    let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec(state).map_err(|e| Error::Verify(e.to_string()))?;
-    std::fs::write(&tmp, body).map_err(Error::io("write the download state"))?;
-    std::fs::rename(&tmp, path).map_err(Error::io("write the download state"))
+    // 0o666 less the umask, as std::fs::write made it.
+    coredump_durable::write_atomic(path, &body, 0o666)
+        .map_err(|e| Error::io("write the download state")(e.into_io()))
 }
 
 /// Hashes the raw core: the file itself, or what it decompresses to.
@@ -325,7 +325,9 @@ pub async fn download(
             bad.display()
         )));
     }
-    std::fs::rename(&part, out).map_err(Error::io(format!("rename into {}", out.display())))?;
+    // The part file is synced above; the rename is too, with the directory.
+    coredump_durable::rename(&part, out)
+        .map_err(|e| Error::io(format!("rename into {}", out.display()))(e.into_io()))?;
     let _ = std::fs::remove_file(&state_path);
     Ok(Outcome {
         path: out.to_path_buf(),
