@@ -30,7 +30,7 @@ pub struct SelfCertConfig {
     pub dir: PathBuf,
     pub ca_validity: Duration,
     pub cert_validity: Duration,
-    /// How often [`spawn`]'s task re-checks the Secret, the expiry and the caBundle.
+    /// How often [`spawn`](super::spawn)'s task re-checks the Secret, the expiry and the caBundle.
     pub check_interval: Duration,
 }
 
