@@ -1,6 +1,6 @@
 //! What a cluster admin installs: the kustomize base and overlays in deploy/ against the
 //! real kube-apiserver, the images deploy/images/build.sh produces, and the self-signed
-//! certificate path (apiserver/src/selfcert.rs) making the APIService Available.
+//! certificate path (apiserver/src/selfcert/) making the APIService Available.
 
 // A test binary: its helpers are test code as much as its #[test] functions, and a panic
 // is the failure report (clippy.toml's allow-*-in-tests covers only the #[test] functions).
