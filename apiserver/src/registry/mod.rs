@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
 use crate::error::{ApiError, Cause, Target};
-use crate::store::{Event, Key, MetadataStore, Scope, StoreError, Tx};
+use crate::store::{Event, EventType, Key, MetadataStore, Scope, StoreError, Tx};
 use coredump_openapi::CoredumpPhase;
 use coredump_openapi::{FieldError, GROUP};
 pub use select::{FieldSelector, LabelSelector};
@@ -542,7 +542,7 @@ impl Registry {
         let dry_run = ctx.dry_run;
         let admission = Arc::clone(&self.admission);
         let ctx_ref: &Ctx = ctx;
-        let (admitted, _) = self
+        let (admitted, events) = self
             .commit(|tx| {
                 if tx.get(&key)?.is_some() {
                     return Err(ApiError::already_exists(target(kind, &name)));
@@ -561,7 +561,7 @@ impl Registry {
         let stored = if dry_run {
             Some(admitted)
         } else {
-            self.store.get(&key)?
+            written(&events, &key)
         };
         stored
             .map(|o| with_type_meta(kind, o))
@@ -650,7 +650,7 @@ impl Registry {
     ) -> Result<Value, ApiError> {
         let key = Key::new(kind.info().plural, ns, name);
         let admission = Arc::clone(&self.admission);
-        let (result, _) = self
+        let (result, events) = self
             .commit(|tx| {
                 let current = tx.get(&key)?.ok_or_else(|| ApiError::not_found(target(kind, name)))?;
                 let requested = make(&current)?;
@@ -694,7 +694,7 @@ impl Registry {
         let stored = if ctx.dry_run {
             None
         } else {
-            self.store.get(&key)?
+            written(&events, &key)
         };
         Ok(with_type_meta(kind, stored.unwrap_or(result)))
     }
@@ -981,6 +981,16 @@ fn merge_update(kind: &dyn Kind, current: &Value, requested: Value, status_only:
         new["metadata"]["generation"] = json!(generation + 1);
     }
     new
+}
+
+/// The object a committed batch wrote at `key`, with its new resourceVersion (none when
+/// the batch deleted it or left it alone): what the write answers, without reading the
+/// store again (a later writer's change is not this request's answer either).
+fn written(events: &[Arc<Event>], key: &Key) -> Option<Value> {
+    events
+        .iter()
+        .find(|e| &e.key == key && e.kind != EventType::Deleted)
+        .map(|e| (*e.object).clone())
 }
 
 fn without_rv(v: &Value) -> Value {

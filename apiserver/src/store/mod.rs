@@ -31,7 +31,8 @@
 pub(crate) mod conformance;
 mod sled;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -136,9 +137,27 @@ pub trait TxRead: Sync {
 
 /// One run of a transaction's body: reads through the backend, writes buffered here until
 /// the backend commits them (or drops them, when the body fails or is run again).
+///
+/// Committed reads are remembered for the rest of the run: the committed state cannot
+/// change under a running body (the backend commits it only if nothing it read changed,
+/// and runs it again otherwise), and admission reads the same quota and usage record
+/// several times per write (#17: each read was a store lookup and a JSON decode).
 pub struct Tx<'a> {
     base: &'a dyn TxRead,
     writes: BTreeMap<Key, Option<Value>>,
+    read: RefCell<HashMap<Key, Option<Value>>>,
+    listed: RefCell<Listed>,
+}
+
+/// Committed lists by (resource, namespace).
+type Listed = HashMap<(String, Option<String>), Vec<(Key, Value)>>;
+
+/// What a body left for the backend to commit: its writes, and the committed values it
+/// read (a backend may take an object's previous value from here instead of reading it
+/// again).
+pub struct TxWrites {
+    pub writes: BTreeMap<Key, Option<Value>>,
+    pub read: HashMap<Key, Option<Value>>,
 }
 
 impl<'a> Tx<'a> {
@@ -147,6 +166,8 @@ impl<'a> Tx<'a> {
         Self {
             base,
             writes: BTreeMap::new(),
+            read: RefCell::new(HashMap::new()),
+            listed: RefCell::new(HashMap::new()),
         }
     }
 
@@ -154,13 +175,18 @@ impl<'a> Tx<'a> {
     pub fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
         match self.writes.get(key) {
             Some(v) => Ok(v.clone()),
-            None => self.base.get(key),
+            None => self.get_committed(key),
         }
     }
 
     /// The object as committed, before this transaction's writes.
     pub fn get_committed(&self, key: &Key) -> Result<Option<Value>, StoreError> {
-        self.base.get(key)
+        if let Some(v) = self.read.borrow().get(key) {
+            return Ok(v.clone());
+        }
+        let v = self.base.get(key)?;
+        self.read.borrow_mut().insert(key.clone(), v.clone());
+        Ok(v)
     }
 
     /// This transaction's writes so far, in key order (`None`: a deletion).
@@ -170,7 +196,17 @@ impl<'a> Tx<'a> {
 
     /// Every object in `scope` as this transaction sees it, in key order.
     pub fn list(&self, scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
-        let mut map: BTreeMap<Key, Value> = self.base.list(scope)?.into_iter().collect();
+        let id = (scope.resource.clone(), scope.namespace.clone());
+        let cached = self.listed.borrow().get(&id).cloned();
+        let committed = match cached {
+            Some(items) => items,
+            None => {
+                let items = self.base.list(scope)?;
+                self.listed.borrow_mut().insert(id, items.clone());
+                items
+            }
+        };
+        let mut map: BTreeMap<Key, Value> = committed.into_iter().collect();
         for (k, v) in &self.writes {
             if scope.contains(k) {
                 match v {
@@ -200,9 +236,12 @@ impl<'a> Tx<'a> {
         self.writes.clear();
     }
 
-    /// The buffered writes (`None`: a deletion), for the backend to commit.
-    pub fn into_writes(self) -> BTreeMap<Key, Option<Value>> {
-        self.writes
+    /// The buffered writes and the committed values read, for the backend to commit.
+    pub fn into_parts(self) -> TxWrites {
+        TxWrites {
+            writes: self.writes,
+            read: self.read.into_inner(),
+        }
     }
 }
 
@@ -308,5 +347,73 @@ impl<'s> dyn MetadataStore + 's {
             // A backend that commits without running the body at all.
             (Ok(_), None) => Err(StoreError::Aborted.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+
+    /// A committed state of one object and one scope, counting the reads that reach it.
+    struct Counting {
+        gets: AtomicUsize,
+        lists: AtomicUsize,
+    }
+
+    impl TxRead for Counting {
+        fn get(&self, key: &Key) -> Result<Option<Value>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            Ok((key.name == "a").then(|| json!({"v": 1})))
+        }
+
+        fn list(&self, _scope: &Scope) -> Result<Vec<(Key, Value)>, StoreError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            Ok(vec![(Key::new("things", "ns", "a"), json!({"v": 1}))])
+        }
+    }
+
+    #[test]
+    fn a_body_reads_each_committed_object_and_scope_once_and_sees_its_own_writes() {
+        let base = Counting {
+            gets: AtomicUsize::new(0),
+            lists: AtomicUsize::new(0),
+        };
+        let scope = Scope {
+            resource: "things".into(),
+            namespace: Some("ns".into()),
+        };
+        let (a, b) = (Key::new("things", "ns", "a"), Key::new("things", "ns", "b"));
+        let mut tx = Tx::new(&base);
+        for _ in 0..3 {
+            assert_eq!(tx.get(&a).expect("get"), Some(json!({"v": 1})));
+            assert_eq!(tx.get(&b).expect("get"), None);
+            assert_eq!(tx.list(&scope).expect("list").len(), 1);
+        }
+        assert_eq!(base.gets.load(Ordering::SeqCst), 2);
+        assert_eq!(base.lists.load(Ordering::SeqCst), 1);
+        tx.put(a.clone(), json!({"v": 2}));
+        tx.put(b.clone(), json!({"v": 3}));
+        // Its own writes over the remembered reads; the committed values stay as read.
+        assert_eq!(tx.get(&a).expect("get"), Some(json!({"v": 2})));
+        assert_eq!(tx.get_committed(&a).expect("get"), Some(json!({"v": 1})));
+        let listed: Vec<Value> = tx
+            .list(&scope)
+            .expect("list")
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(listed, vec![json!({"v": 2}), json!({"v": 3})]);
+        tx.delete(a.clone());
+        assert_eq!(tx.list(&scope).expect("list").len(), 1);
+        assert_eq!(base.gets.load(Ordering::SeqCst), 2);
+        assert_eq!(base.lists.load(Ordering::SeqCst), 1);
+        let parts = tx.into_parts();
+        assert_eq!(parts.read.get(&a), Some(&Some(json!({"v": 1}))));
+        assert_eq!(parts.read.get(&b), Some(&None));
+        assert_eq!(parts.writes.get(&a), Some(&None));
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::broadcast;
 
 use super::{
     keep_all, Event, EventType, Key, MetadataStore, Prefilter, Scope, StoreError, Tx, TxBody,
-    TxRead,
+    TxRead, TxWrites,
 };
 use crate::groupcommit::{Durability, Flusher};
 
@@ -324,7 +324,7 @@ impl SledStore {
             blocking(|| {
                 let mut tx = Tx::new(self);
                 body(&mut tx).map_err(|_| StoreError::Aborted)?;
-                let events = self.commit(tx.into_writes())?;
+                let events = self.commit(tx.into_parts())?;
                 self.durability.committed(&events);
                 let len = self.log_len.fetch_add(events.len(), Ordering::Relaxed) + events.len();
                 // Trim in steps of a tenth, so most writes pay nothing for it.
@@ -342,11 +342,16 @@ impl SledStore {
         Ok(events)
     }
 
-    fn commit(&self, writes: BTreeMap<Key, Option<Value>>) -> Result<Vec<Arc<Event>>, StoreError> {
+    fn commit(&self, tx: TxWrites) -> Result<Vec<Arc<Event>>, StoreError> {
+        let TxWrites { writes, mut read } = tx;
         let mut rv = self.current_rv()?;
         let mut events = Vec::new();
         for (key, new) in writes {
-            let prev = self.get_current(&key)?;
+            // The body read it under the same lock: still what is committed.
+            let prev = match read.remove(&key) {
+                Some(p) => p,
+                None => self.get_current(&key)?,
+            };
             let kind = match (&prev, &new) {
                 (None, Some(_)) => EventType::Added,
                 (Some(_), Some(_)) => EventType::Modified,
@@ -566,10 +571,13 @@ mod tests {
         put(&store, a.clone(), obj("a", 1)).await;
         // As `run_body` does, minus the flush.
         let pending = store
-            .commit(BTreeMap::from([
-                (a.clone(), Some(obj("a", 2))),
-                (b.clone(), Some(obj("b", 1))),
-            ]))
+            .commit(TxWrites {
+                writes: BTreeMap::from([
+                    (a.clone(), Some(obj("a", 2))),
+                    (b.clone(), Some(obj("b", 1))),
+                ]),
+                read: Default::default(),
+            })
             .expect("commit");
         store.durability.committed_unflushed(&pending);
         assert_eq!(
