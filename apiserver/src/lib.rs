@@ -21,6 +21,8 @@ pub mod reqinfo;
 pub mod selfcert;
 pub mod serve;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod tls;
 pub mod uploads;
 

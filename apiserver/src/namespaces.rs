@@ -79,6 +79,29 @@ impl Namespaces {
         })
     }
 
+    /// For tests: an informer that has listed `active` namespaces and nothing else, as
+    /// the watcher's initial list would leave it; a name not among them is looked up
+    /// through `client`, as in the server.
+    #[cfg(test)]
+    pub(crate) fn seeded(client: kube::Client, active: &[&str]) -> Arc<Self> {
+        use kube::core::PartialObjectMetaExt;
+        let (reader, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for ns in active {
+            let meta = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                name: Some(ns.to_string()),
+                ..Default::default()
+            };
+            writer.apply_watcher_event(&Event::InitApply(meta.into_response_partial()));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        Arc::new(Self {
+            client,
+            reader,
+            ready: Arc::new(AtomicBool::new(true)),
+        })
+    }
+
     /// Whether the informer has listed the namespaces once.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)

@@ -542,4 +542,6 @@ fn bearer_token(headers: &HeaderMap) -> Option<String> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;

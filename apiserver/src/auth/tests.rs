@@ -1,109 +1,12 @@
 //! The request path of [`Auth`] with kube-apiserver's reviews answered in-process.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::Ordering;
 
 use http::{HeaderValue, Method};
 
+use super::testing::{auth, pki, trust, Fake, Rule};
 use super::x509::testpki::TestCa;
 use super::*;
-
-type Rule = Box<dyn Fn(&Attributes) -> bool + Send + Sync>;
-
-struct Fake {
-    tokens: HashMap<String, UserInfo>,
-    rule: Rule,
-    token_calls: AtomicUsize,
-    access_calls: AtomicUsize,
-    last: Mutex<Option<Attributes>>,
-}
-
-impl Fake {
-    fn new(rule: Rule) -> Arc<Self> {
-        let pod_user = UserInfo {
-            name: "system:serviceaccount:ns:agent".into(),
-            uid: "sa-uid".into(),
-            groups: vec!["system:serviceaccounts".into()],
-            extra: BTreeMap::from([(
-                "authentication.kubernetes.io/node-name".to_string(),
-                vec!["node-1".to_string()],
-            )]),
-        };
-        Arc::new(Self {
-            tokens: HashMap::from([("sa-token".to_string(), pod_user)]),
-            rule,
-            token_calls: AtomicUsize::new(0),
-            access_calls: AtomicUsize::new(0),
-            last: Mutex::new(None),
-        })
-    }
-}
-
-impl Reviewer for Fake {
-    fn review_token<'a>(
-        &'a self,
-        token: &'a str,
-    ) -> BoxFuture<'a, Result<Option<UserInfo>, AuthError>> {
-        self.token_calls.fetch_add(1, Ordering::SeqCst);
-        let user = self.tokens.get(token).cloned();
-        async move { Ok(user) }.boxed()
-    }
-
-    fn review_access<'a>(
-        &'a self,
-        attrs: &'a Attributes,
-    ) -> BoxFuture<'a, Result<Decision, AuthError>> {
-        self.access_calls.fetch_add(1, Ordering::SeqCst);
-        if let Ok(mut last) = self.last.lock() {
-            *last = Some(attrs.clone());
-        }
-        let allowed = (self.rule)(attrs);
-        async move {
-            Ok(Decision {
-                allowed,
-                reason: String::new(),
-            })
-        }
-        .boxed()
-    }
-}
-
-struct Pki {
-    front: TestCa,
-    cluster: TestCa,
-}
-
-fn trust(pki: &Pki) -> Trust {
-    let data: BTreeMap<String, String> = [
-        ("client-ca-file", pki.cluster.pem.as_str()),
-        ("requestheader-client-ca-file", pki.front.pem.as_str()),
-        ("requestheader-allowed-names", r#"["front-proxy-client"]"#),
-        ("requestheader-username-headers", r#"["X-Remote-User"]"#),
-        ("requestheader-uid-headers", r#"["X-Remote-Uid"]"#),
-        ("requestheader-group-headers", r#"["X-Remote-Group"]"#),
-        (
-            "requestheader-extra-headers-prefix",
-            r#"["X-Remote-Extra-"]"#,
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    Trust::from_data(&data).expect("trust")
-}
-
-fn pki() -> Pki {
-    Pki {
-        front: TestCa::new("front-proxy-ca"),
-        cluster: TestCa::new("kubernetes"),
-    }
-}
-
-fn auth(fake: Arc<Fake>, trust: Option<Trust>, cfg: AuthConfig) -> Auth {
-    let (_tx, rx) = watch::channel(trust.map(Arc::new));
-    Auth::with_reviewer(fake, cfg, rx)
-}
 
 fn allow_all() -> Rule {
     Box::new(|_| true)

@@ -5,6 +5,8 @@ mod drain;
 pub mod negotiate;
 pub mod query;
 pub mod resources;
+#[cfg(test)]
+mod router_tests;
 mod transfer;
 
 use std::sync::Arc;

@@ -1,7 +1,8 @@
 //! The REST core in-process: the registry over a temporary store with the server's kinds
 //! and admission chain, so a regression in create/get/list/paging/preconditions/patch/
 //! watch/quota/crash groups shows in a second, not only through a kube-apiserver built
-//! from Go (the integration tests keep covering the HTTP layer and kubectl).
+//! from Go (`http::router_tests` covers the HTTP layer over the same fixture, the
+//! integration tests the aggregator and kubectl).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,62 +12,7 @@ use serde_json::{json, Value};
 use super::kinds::{CoredumpKind, CrashGroupKind, QuotaKind};
 use super::watch::{self, WatchItem};
 use super::*;
-use crate::admission::QuotaAdmission;
-use crate::blobs::FsBlobs;
-use crate::crashgroups::CrashGroups;
-use crate::metrics::Metrics;
-
-struct Fixture {
-    registry: Arc<Registry>,
-    _dir: tempfile::TempDir,
-}
-
-fn fixture() -> Fixture {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store: Arc<dyn MetadataStore> =
-        Arc::new(crate::store::SledStore::open(&dir.path().join("db"), 1000).expect("store"));
-    let kinds: Vec<Arc<dyn Kind>> = vec![
-        Arc::new(CoredumpKind),
-        Arc::new(QuotaKind),
-        Arc::new(CrashGroupKind),
-    ];
-    let metrics = Arc::new(
-        Metrics::new(
-            Arc::clone(&store),
-            kinds.iter().map(|k| k.info().plural).collect(),
-        )
-        .expect("metrics"),
-    );
-    let blobs = Arc::new(FsBlobs::new(&dir.path().join("cores")).expect("blobs"));
-    let chain = Chain(vec![
-        Arc::new(QuotaAdmission {
-            blobs,
-            default_hard: Default::default(),
-            max_rejected: 100,
-        }),
-        Arc::new(CrashGroups { metrics }),
-    ]);
-    Fixture {
-        registry: Arc::new(Registry::new(store, kinds, Arc::new(chain))),
-        _dir: dir,
-    }
-}
-
-fn coredump(name: &str, labels: Value, fingerprint: Option<&str>) -> Value {
-    let mut o = json!({
-        "apiVersion": "coredump.io/v1alpha1", "kind": "Coredump",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "nodeName": "n1", "podName": "web", "podUID": "u-1", "containerName": "app",
-            "signal": 11, "dumpTime": "2026-01-01T00:00:00Z", "size": "1Mi",
-            "storedSize": "100Ki", "sha256": "ab".repeat(32), "executable": "/bin/app",
-        }
-    });
-    if let Some(fp) = fingerprint {
-        o["spec"]["analysis"] = json!({"fingerprint": fp, "signature": "parse"});
-    }
-    o
-}
+use crate::testing::{coredump, fixture};
 
 fn ctx() -> Ctx {
     Ctx::default()
