@@ -26,17 +26,20 @@ pub(crate) struct Fixture {
     pub(crate) _dir: tempfile::TempDir,
 }
 
+/// Revisions the store's log keeps unless a test wants compaction sooner.
+pub(crate) const REVISION_LOG: usize = 1000;
+
 /// The registry with quota and crash-group admission.
 pub(crate) fn fixture() -> Fixture {
-    fixture_with(Vec::new())
+    fixture_with(Vec::new(), REVISION_LOG)
 }
 
-/// [`fixture`] with `first` ahead of quota and crash groups in the chain, where `run`
-/// puts node restriction.
-pub(crate) fn fixture_with(first: Vec<Arc<dyn Admission>>) -> Fixture {
+/// [`fixture`] with `first` ahead of quota and crash groups in the chain (where `run`
+/// puts node restriction) and a log of `revision_log` revisions.
+pub(crate) fn fixture_with(first: Vec<Arc<dyn Admission>>, revision_log: usize) -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
     let store: Arc<dyn MetadataStore> =
-        Arc::new(SledStore::open(&dir.path().join("db"), 1000).expect("store"));
+        Arc::new(SledStore::open(&dir.path().join("db"), revision_log).expect("store"));
     let kinds: Vec<Arc<dyn Kind>> = vec![
         Arc::new(CoredumpKind),
         Arc::new(QuotaKind),

@@ -28,7 +28,7 @@ use crate::auth::testing::{self as fake_auth, Fake, Rule};
 use crate::auth::{Action, UserInfo, SYSTEM_MASTERS};
 use crate::namespaces::Namespaces;
 use crate::noderestriction::NodeRestriction;
-use crate::testing::{coredump, fixture_with, unreachable_cluster, Fixture};
+use crate::testing::{coredump, fixture_with, unreachable_cluster, Fixture, REVISION_LOG};
 use crate::uploads::Uploads;
 
 const API: &str = "/apis/coredump.io/v1alpha1";
@@ -66,9 +66,17 @@ fn user(name: &str, groups: &[&str]) -> UserInfo {
 }
 
 fn app() -> App {
+    app_with_log(REVISION_LOG)
+}
+
+/// [`app`] whose store keeps only `revision_log` revisions.
+fn app_with_log(revision_log: usize) -> App {
     let cluster = unreachable_cluster();
     // The chain `run` builds, less the Events sink (it needs a cluster that answers).
-    let f = fixture_with(vec![Arc::new(NodeRestriction::new(cluster.clone()))]);
+    let f = fixture_with(
+        vec![Arc::new(NodeRestriction::new(cluster.clone()))],
+        revision_log,
+    );
     let rule: Rule = Box::new(|a| {
         [ALICE_NAME, AGENT_NAME].contains(&a.user.as_str())
             && match &a.action {
@@ -985,4 +993,55 @@ async fn a_watch_from_the_list_revision_streams_later_changes() {
         .list(&[("watch", "true"), ("sendInitialEvents", "true")])
         .await;
     assert_status(&r, 422, "Invalid");
+}
+
+#[tokio::test]
+async fn revisions_past_the_log_are_410_for_continue_and_in_the_watch_stream() {
+    let app = &app_with_log(2);
+    for i in 0..3 {
+        app.create(&coredump(&format!("p{i}"), json!({}), None))
+            .await;
+    }
+    let first = app.list(&[("limit", "1")]).await;
+    let token = first.json["metadata"]["continue"]
+        .as_str()
+        .expect("continue")
+        .to_string();
+    let rv = first.json["metadata"]["resourceVersion"]
+        .as_str()
+        .expect("rv")
+        .to_string();
+    // Enough writes for the log to drop the list's revision.
+    for i in 0..4 {
+        app.create(&coredump(&format!("q{i}"), json!({}), None))
+            .await;
+    }
+    let r = app.list(&[("limit", "1"), ("continue", &token)]).await;
+    assert_status(&r, 410, "Expired");
+    assert!(
+        r.text.contains("continue parameter is too old"),
+        "{}",
+        r.text
+    );
+    // A watch from there: 200, then an ERROR event with the 410 (the client relists).
+    let resp = app
+        .router
+        .clone()
+        .oneshot(
+            req(
+                Method::GET,
+                &format!("{COREDUMPS}?watch=true&resourceVersion={rv}"),
+                ALICE,
+            )
+            .body(Body::empty())
+            .expect("request"),
+        )
+        .await
+        .expect("router");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let events = watch_lines(resp.into_body(), 1).await;
+    assert_eq!(events[0]["type"], "ERROR", "{events:?}");
+    assert_eq!(events[0]["object"]["kind"], "Status");
+    assert_eq!(events[0]["object"]["code"], 410);
+    assert_eq!(events[0]["object"]["reason"], "Expired");
 }
