@@ -9,8 +9,9 @@
 //! quota (or under a server default) the record, when present, equals the sum over its
 //! Coredumps at every revision, because each transaction adds the difference its own
 //! writes make before committing, and the store serializes transactions; without a
-//! record (an older store, a namespace that just got a quota, or one whose usage went
-//! to zero) usage is recomputed from the Coredumps and the record written. Start-up
+//! record (an older store, a namespace that just got a quota, or one left without
+//! any Coredump) usage is recomputed from the Coredumps and the record written (none
+//! while the namespace has no Coredump). Start-up
 //! reconciliation rebuilds every record from the Coredumps ([`rebuild_usage`]). So
 //! `status.used` is exact by construction, also under concurrency and after restarts.
 
@@ -460,7 +461,16 @@ impl Admission for QuotaAdmission {
             let recorded = tx.get_committed(&usage_key(&ns))?.is_some();
             if recorded || !limits(tx, &ns, &self.default_hard)?.is_empty() {
                 let u = usage(tx, &ns, None)?;
-                write_record(tx, &ns, u)?;
+                // A namespace left without any Coredump (being deleted, say) keeps no
+                // record: a scan of nothing costs nothing, and the record would
+                // otherwise outlive the namespace until the next start.
+                if u == Usage::default() && coredumps(tx, &ns)?.is_empty() {
+                    if tx.get(&usage_key(&ns))?.is_some() {
+                        tx.delete(usage_key(&ns));
+                    }
+                } else {
+                    write_record(tx, &ns, u)?;
+                }
             }
         }
         Ok(())
@@ -738,6 +748,72 @@ mod tests {
             Some(Usage {
                 storage: 200,
                 count: 2
+            })
+        );
+    }
+
+    /// The last Coredump of a namespace takes its record with it (a deleted namespace
+    /// leaves nothing behind); the next create starts a new one.
+    #[tokio::test]
+    async fn the_last_delete_removes_the_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = registry_with(dir.path(), BTreeMap::from([(QUOTA_COUNT.to_string(), 5)]));
+        for name in ["a", "b"] {
+            r.create(
+                &CoredumpKind,
+                "ns",
+                coredump(name),
+                FieldValidation::Strict,
+                &mut Ctx::default(),
+            )
+            .await
+            .expect("create");
+        }
+        let record = || {
+            r.store
+                .get(&usage_key("ns"))
+                .expect("get")
+                .as_ref()
+                .and_then(parse_record)
+        };
+        let delete = |name: &'static str| {
+            let r = Arc::clone(&r);
+            async move {
+                r.delete(
+                    &CoredumpKind,
+                    "ns",
+                    name,
+                    &Preconditions::default(),
+                    &Ctx::default(),
+                )
+                .await
+                .expect("delete");
+            }
+        };
+        delete("a").await;
+        assert_eq!(
+            record(),
+            Some(Usage {
+                storage: 100,
+                count: 1
+            })
+        );
+        delete("b").await;
+        assert_eq!(r.store.get(&usage_key("ns")).expect("get"), None);
+        r.create(
+            &CoredumpKind,
+            "ns",
+            coredump("c"),
+            FieldValidation::Strict,
+            &mut Ctx::default(),
+        )
+        .await
+        .expect("create");
+        assert_eq!(
+            record(),
+            Some(Usage {
+                storage: 100,
+                count: 1
             })
         );
     }
