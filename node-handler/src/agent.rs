@@ -33,6 +33,46 @@ use crate::wakeup::Wakeup;
 /// First wait after a failed delivery; doubled per failure up to
 /// `max_backoff`.
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+
+/// The delivery loop's backoff while the server cannot take anything: doubles from
+/// [`FIRST_BACKOFF`] per failure up to `max`, gone after a success. A `max` below the
+/// first step is honoured (every wait is `max`): `Duration::clamp` with a floor above
+/// its ceiling panics, which a small `--max-backoff` made the agent do at the first
+/// failed delivery. Pure: the caller draws the jitter.
+#[derive(Clone, Copy, Debug)]
+struct Backoff {
+    current: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Self {
+        Self {
+            current: Duration::ZERO,
+            max,
+        }
+    }
+
+    /// The wait after one more failure, times `jitter` (0.8..1.2 in the agent).
+    fn failed(&mut self, jitter: f64) -> Duration {
+        self.current = self
+            .current
+            .saturating_mul(2)
+            .max(FIRST_BACKOFF)
+            .min(self.max);
+        self.current.mul_f64(jitter)
+    }
+
+    fn succeeded(&mut self) {
+        self.current = Duration::ZERO;
+    }
+}
+
+/// The wait before a core the server refused (a race, 409) is tried again, after
+/// `refusals` in a row: doubling per refusal, at most `max`.
+fn refusal_wait(refusals: u32, max: Duration) -> Duration {
+    FIRST_BACKOFF.saturating_mul(1 << refusals.min(16)).min(max)
+}
 /// How often an entry waiting for its pod is looked at again.
 const ATTRIBUTION_RETRY: Duration = Duration::from_secs(1);
 /// Drop records handled per pass, so a burst cannot stall delivery.
@@ -278,7 +318,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         server,
         metrics,
         entries: HashMap::new(),
-        backoff: Duration::ZERO,
+        backoff: Backoff::new(opts.max_backoff),
         paused_until: None,
         last_stale_sweep: None,
     };
@@ -401,7 +441,7 @@ struct Deliverer {
     max_backoff: Duration,
     stale_tmp_age: Duration,
     entries: HashMap<String, EntryState>,
-    backoff: Duration,
+    backoff: Backoff,
     paused_until: Option<Instant>,
     last_stale_sweep: Option<Instant>,
 }
@@ -510,7 +550,7 @@ impl Deliverer {
         match step {
             Step::Done => {
                 self.entries.remove(id);
-                self.backoff = Duration::ZERO;
+                self.backoff.succeeded();
                 self.paused_until = None;
             }
             Step::Later(d) => {
@@ -522,19 +562,15 @@ impl Deliverer {
                 self.metrics.delivery_retries.inc();
                 if let Some(s) = self.entries.get_mut(id) {
                     s.refusals = s.refusals.saturating_add(1);
-                    let wait = FIRST_BACKOFF
-                        .saturating_mul(1 << s.refusals.min(16))
-                        .min(self.max_backoff);
+                    let wait = refusal_wait(s.refusals, self.max_backoff);
                     s.next_attempt = now + wait;
                     warn!(entry = id, error = e, retry_in = ?wait, "the server cannot take the core yet; the core stays in the spool");
                 }
             }
             Step::Retry(e) => {
                 self.metrics.delivery_retries.inc();
-                self.backoff = (self.backoff * 2).clamp(FIRST_BACKOFF, self.max_backoff);
                 // ±20 % so a fleet of agents does not come back in step.
-                let jitter = rand::rng().random_range(0.8..1.2);
-                let wait = self.backoff.mul_f64(jitter);
+                let wait = self.backoff.failed(rand::rng().random_range(0.8..1.2));
                 warn!(entry = id, error = %e, retry_in = ?wait, "delivery failed; the core stays in the spool");
                 self.paused_until = Some(now + wait);
             }
@@ -862,6 +898,45 @@ fn count_drops(spool: &Spool, metrics: &Metrics) {
 
 #[cfg(test)]
 mod tests {
+    use super::{refusal_wait, Backoff, FIRST_BACKOFF};
+
+    #[test]
+    fn the_backoff_doubles_to_its_ceiling_and_resets_after_a_success() {
+        let secs = |s: f64| std::time::Duration::from_secs_f64(s);
+        let mut b = Backoff::new(secs(30.0));
+        let waits: Vec<_> = (0..9).map(|_| b.failed(1.0)).collect();
+        assert_eq!(
+            waits,
+            [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0].map(secs)
+        );
+        assert_eq!(b.failed(0.8), secs(24.0));
+        b.succeeded();
+        assert_eq!(b.failed(1.2), secs(0.6));
+    }
+
+    #[test]
+    fn a_ceiling_below_the_first_step_is_every_wait() {
+        // Duration::clamp(500ms, 100ms) panicked here.
+        let mut b = Backoff::new(std::time::Duration::from_millis(100));
+        for _ in 0..3 {
+            assert_eq!(b.failed(1.0), std::time::Duration::from_millis(100));
+        }
+        assert_eq!(b.failed(0.5), std::time::Duration::from_millis(50));
+        assert_eq!(
+            refusal_wait(3, std::time::Duration::from_millis(100)),
+            std::time::Duration::from_millis(100)
+        );
+    }
+
+    #[test]
+    fn refused_cores_wait_twice_as_long_per_refusal_up_to_the_ceiling() {
+        let max = std::time::Duration::from_secs(30);
+        assert_eq!(refusal_wait(1, max), FIRST_BACKOFF * 2);
+        assert_eq!(refusal_wait(4, max), FIRST_BACKOFF * 16);
+        assert_eq!(refusal_wait(6, max), max);
+        assert_eq!(refusal_wait(u32::MAX, max), max);
+    }
+
     use super::*;
     use crate::spool::{CrashInfo, DropRecord, HandlerStats, FORMAT_VERSION};
 
