@@ -157,6 +157,14 @@ fn write_record(tx: &mut Tx<'_>, ns: &str, u: Usage) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Removes the namespace's record, if it has one (an absent record takes no revision).
+fn remove_record(tx: &mut Tx<'_>, ns: &str) -> Result<(), ApiError> {
+    if tx.get(&usage_key(ns))?.is_some() {
+        tx.delete(usage_key(ns));
+    }
+    Ok(())
+}
+
 /// Recomputes the namespace's usage record from its Coredumps (start-up reconciliation:
 /// a record written by another version, or none yet); a namespace without Coredumps
 /// (deleted, say) loses its record.
@@ -166,9 +174,7 @@ pub fn rebuild_usage(tx: &mut Tx<'_>, ns: &str) -> Result<Usage, ApiError> {
         .iter()
         .fold(Usage::default(), |u, (_, o)| add(u, contribution(Some(o))));
     if all.is_empty() {
-        if tx.get(&usage_key(ns))?.is_some() {
-            tx.delete(usage_key(ns));
-        }
+        remove_record(tx, ns)?;
     } else {
         write_record(tx, ns, u)?;
     }
@@ -465,9 +471,7 @@ impl Admission for QuotaAdmission {
                 // record: a scan of nothing costs nothing, and the record would
                 // otherwise outlive the namespace until the next start.
                 if u == Usage::default() && coredumps(tx, &ns)?.is_empty() {
-                    if tx.get(&usage_key(&ns))?.is_some() {
-                        tx.delete(usage_key(&ns));
-                    }
+                    remove_record(tx, &ns)?;
                 } else {
                     write_record(tx, &ns, u)?;
                 }
@@ -568,14 +572,30 @@ mod tests {
         })
     }
 
-    /// The record, the Coredumps summed, and the quota's `status.used`.
-    fn observed(r: &Registry) -> (Option<Usage>, Usage, Value) {
-        let record = r
-            .store
+    async fn create(r: &Registry, name: &str) -> Value {
+        r.create(
+            &CoredumpKind,
+            "ns",
+            coredump(name),
+            FieldValidation::Strict,
+            &mut Ctx::default(),
+        )
+        .await
+        .expect("create")
+    }
+
+    /// The namespace's usage record, as stored.
+    fn record(r: &Registry) -> Option<Usage> {
+        r.store
             .get(&usage_key("ns"))
             .expect("record")
             .as_ref()
-            .and_then(parse_record);
+            .and_then(parse_record)
+    }
+
+    /// The record, the Coredumps summed, and the quota's `status.used`.
+    fn observed(r: &Registry) -> (Option<Usage>, Usage, Value) {
+        let record = record(r);
         let scope = Scope {
             resource: COREDUMP.plural.into(),
             namespace: Some("ns".into()),
@@ -708,16 +728,7 @@ mod tests {
         m.reconcile().await.expect("reconcile");
         assert_eq!(assert_exact(&r), before);
         // And it keeps being maintained.
-        let mut ctx = Ctx::default();
-        r.create(
-            &CoredumpKind,
-            "ns",
-            coredump("after"),
-            FieldValidation::Strict,
-            &mut ctx,
-        )
-        .await
-        .expect("create");
+        create(&r, "after").await;
         assert_exact(&r);
     }
 
@@ -729,22 +740,12 @@ mod tests {
         let r = registry_with(dir.path(), BTreeMap::from([(QUOTA_COUNT.to_string(), 2)]));
         let mut phases = Vec::new();
         for name in ["a", "b", "c"] {
-            let o = r
-                .create(
-                    &CoredumpKind,
-                    "ns",
-                    coredump(name),
-                    FieldValidation::Strict,
-                    &mut Ctx::default(),
-                )
-                .await
-                .expect("create");
+            let o = create(&r, name).await;
             phases.push(str_at(&o, "/status/phase").unwrap_or_default());
         }
         assert_eq!(phases, ["Pending", "Pending", "Rejected"]);
-        let record = r.store.get(&usage_key("ns")).expect("get");
         assert_eq!(
-            record.as_ref().and_then(parse_record),
+            record(&r),
             Some(Usage {
                 storage: 200,
                 count: 2
@@ -759,23 +760,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = registry_with(dir.path(), BTreeMap::from([(QUOTA_COUNT.to_string(), 5)]));
         for name in ["a", "b"] {
-            r.create(
-                &CoredumpKind,
-                "ns",
-                coredump(name),
-                FieldValidation::Strict,
-                &mut Ctx::default(),
-            )
-            .await
-            .expect("create");
+            create(&r, name).await;
         }
-        let record = || {
-            r.store
-                .get(&usage_key("ns"))
-                .expect("get")
-                .as_ref()
-                .and_then(parse_record)
-        };
         let delete = |name: &'static str| {
             let r = Arc::clone(&r);
             async move {
@@ -792,7 +778,7 @@ mod tests {
         };
         delete("a").await;
         assert_eq!(
-            record(),
+            record(&r),
             Some(Usage {
                 storage: 100,
                 count: 1
@@ -800,17 +786,9 @@ mod tests {
         );
         delete("b").await;
         assert_eq!(r.store.get(&usage_key("ns")).expect("get"), None);
-        r.create(
-            &CoredumpKind,
-            "ns",
-            coredump("c"),
-            FieldValidation::Strict,
-            &mut Ctx::default(),
-        )
-        .await
-        .expect("create");
+        create(&r, "c").await;
         assert_eq!(
-            record(),
+            record(&r),
             Some(Usage {
                 storage: 100,
                 count: 1
@@ -823,16 +801,7 @@ mod tests {
     async fn no_quota_no_record() {
         let dir = tempfile::tempdir().expect("tempdir");
         let r = registry(dir.path());
-        let mut ctx = Ctx::default();
-        r.create(
-            &CoredumpKind,
-            "ns",
-            coredump("a"),
-            FieldValidation::Strict,
-            &mut ctx,
-        )
-        .await
-        .expect("create");
+        create(&r, "a").await;
         assert_eq!(r.store.get(&usage_key("ns")).expect("get"), None);
         assert_eq!(r.store.current_rv().expect("rv"), 1);
     }
