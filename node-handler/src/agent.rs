@@ -311,7 +311,6 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<(), 
         node: opts.node_name.clone(),
         pod_wait: opts.pod_wait,
         analysis: opts.analysis.clone(),
-        max_backoff: opts.max_backoff,
         stale_tmp_age: Duration::from_secs(2 * opts.capture.deadline_seconds + 60),
         spool,
         index,
@@ -438,7 +437,6 @@ struct Deliverer {
     node: String,
     pod_wait: Duration,
     analysis: Option<AnalysisSettings>,
-    max_backoff: Duration,
     stale_tmp_age: Duration,
     entries: HashMap<String, EntryState>,
     backoff: Backoff,
@@ -562,7 +560,7 @@ impl Deliverer {
                 self.metrics.delivery_retries.inc();
                 if let Some(s) = self.entries.get_mut(id) {
                     s.refusals = s.refusals.saturating_add(1);
-                    let wait = refusal_wait(s.refusals, self.max_backoff);
+                    let wait = refusal_wait(s.refusals, self.backoff.max);
                     s.next_attempt = now + wait;
                     warn!(entry = id, error = e, retry_in = ?wait, "the server cannot take the core yet; the core stays in the spool");
                 }
